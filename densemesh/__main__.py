@@ -1,0 +1,3 @@
+from densemesh.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""The linear 3D morphable face model (ICT-FaceKit, see templates/NOTICE).
+
+``vertices = mean + identity @ B_id + expression @ B_exp`` in model space
+(centimetres, axes in :mod:`densemesh.camera`). Identity coefficients are
+sigma-scaled (a plausible face has each ~ N(0, 1)); expression coefficients
+are ARKit-style blendshape weights in [0, 1].
+
+Two topologies share one vertex order: the **face** (7,944 vertices, the
+dense-landmark mesh) is the first ``face_num_vertices`` vertices of the
+**head** (24,591 vertices incl. mouth socket, teeth and eyeballs), so a face
+vertex index means the same point on both.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+#: The shipped asset (densemesh/templates links to the repository's templates/ folder).
+ASSET = Path(__file__).resolve().parent / "templates" / "face_model.npz"
+TOPOLOGIES = ("face", "head")
+
+
+class FaceModel(torch.nn.Module):
+    """A face model on one topology. Move it with ``.to(device)``; every output is torch.
+
+    Attributes (torch buffers): ``mean`` (N, 3) cm, ``identity_basis`` (100, N, 3) cm per unit,
+    ``expression_basis`` (53, N, 3) cm per unit, ``faces`` (T, 3) vertex ids, ``uvs`` (U, 2)
+    in [0, 1] (OpenGL convention, v up), ``face_uvs`` (T, 3) uv ids per triangle corner.
+    """
+
+    def __init__(self, arrays: dict, topology: str = "face"):
+        super().__init__()
+        if topology not in TOPOLOGIES:
+            raise ValueError(f"unknown topology {topology!r}; expected one of {TOPOLOGIES}")
+        self.topology = topology
+        n_face = int(arrays["face_num_vertices"])
+        n = n_face if topology == "face" else len(arrays["mean"])
+        f32 = lambda a: torch.from_numpy(np.asarray(a, np.float32))  # noqa: E731
+        i64 = lambda a: torch.from_numpy(np.asarray(a, np.int64))  # noqa: E731
+        self.register_buffer("mean", f32(arrays["mean"][:n]))
+        self.register_buffer("identity_basis", f32(arrays["identity_basis"][:, :n]))
+        self.register_buffer("expression_basis", f32(arrays["expression_basis"][:, :n]))
+        self.register_buffer("faces", i64(arrays[f"{topology}_triangles"]))
+        self.register_buffer("uvs", f32(arrays[f"{topology}_uvs"]))
+        self.register_buffer("face_uvs", i64(arrays[f"{topology}_triangle_uvs"]))
+        self.register_buffer("ibug68", i64(arrays["ibug68"]))
+        self.register_buffer("ibug68_contour_lines", i64(arrays["ibug68_contour_lines"]))
+        self.register_buffer("mediapipe_vertex_ids", i64(arrays["mediapipe_vertex_ids"]))
+        self.register_buffer("mediapipe_weights", f32(arrays["mediapipe_weights"]))
+        self.expression_names: list[str] = [str(s) for s in arrays["expression_names"]]
+        self.region_names: list[str] = [str(s) for s in arrays["region_names"]]
+        self.face_num_vertices = n_face
+        labels = np.full(n, -1, np.int64)
+        labels[:n_face] = arrays["region_labels"]
+        self.register_buffer("region_labels", torch.from_numpy(labels))
+
+    @classmethod
+    def load(cls, topology: str = "face", path: str | Path | None = None) -> "FaceModel":
+        """Load the shipped asset (or ``path``) on the CPU for ``topology`` "face" or "head"."""
+        with np.load(path or ASSET) as z:
+            arrays = {k: z[k] for k in z.files}
+        return cls(arrays, topology)
+
+    @property
+    def num_vertices(self) -> int:
+        return self.mean.shape[0]
+
+    @property
+    def num_identity(self) -> int:
+        return self.identity_basis.shape[0]
+
+    @property
+    def num_expression(self) -> int:
+        return self.expression_basis.shape[0]
+
+    def decode(self, identity: torch.Tensor | None = None,
+               expression: torch.Tensor | None = None) -> torch.Tensor:
+        """identity (B, 100), expression (B, 53) -> vertices (B, N, 3) in model cm.
+
+        Either may be None (zeros); B comes from whichever is given (1 if neither).
+        Differentiable; runs on the model's device and dtype.
+        """
+        batch = next((x.shape[0] for x in (identity, expression) if x is not None), 1)
+        out = self.mean.expand(batch, -1, -1)
+        if identity is not None:
+            out = out + torch.einsum("bk,knc->bnc", identity.to(self.mean), self.identity_basis)
+        if expression is not None:
+            out = out + torch.einsum("bk,knc->bnc", expression.to(self.mean), self.expression_basis)
+        return out
+
+    def expression_vector(self, weights: dict[str, float], batch: int = 1) -> torch.Tensor:
+        """{"jawOpen": 0.6, ...} -> (batch, 53) coefficients. Unknown names raise KeyError."""
+        out = torch.zeros(batch, self.num_expression).to(self.mean)
+        for name, value in weights.items():
+            if name not in self.expression_names:
+                raise KeyError(f"unknown expression {name!r}")
+            out[:, self.expression_names.index(name)] = value
+        return out
+
+    def landmarks(self, vertices: torch.Tensor, kind: str = "ibug68") -> torch.Tensor:
+        """Landmark points of decoded vertices (B, N, 3) (or (B, N, 2) projected).
+
+        kind "ibug68" -> (B, 68, C), the iBUG/Multi-PIE 68 vertices (0-16 jaw, 17-26 brows,
+        27-35 nose, 36-47 eyes, 48-67 mouth; fixed surface points, see
+        :meth:`contour_landmarks` for the visible jaw line); "mediapipe" -> (B, 468, C), MediaPipe
+        FaceMesh points 0-467 as barycentric points of the surface (the 10 iris points are not
+        on the face surface).
+        """
+        if kind == "ibug68":
+            return vertices[:, self.ibug68]
+        if kind == "mediapipe":
+            corners = vertices[:, self.mediapipe_vertex_ids]  # (B, 468, 3, C)
+            return (corners * self.mediapipe_weights[None, :, :, None]).sum(2)
+        raise ValueError(f"unknown landmark set {kind!r}; expected 'ibug68' or 'mediapipe'")
+
+    def contour_landmarks(self, points_2d: torch.Tensor) -> torch.Tensor:
+        """iBUG-68 vertex ids with the jaw points (0-16) slid onto the visible face outline.
+
+        points_2d (B, N, 2): the model's vertices projected to pixels.
+        For every jaw point, the candidate on its contour line that lies furthest out on its side
+        of the face (along the image direction from the nose bridge to the point) is taken, which
+        is where annotators put the jaw line at large yaw. -> (B, 68) long vertex ids.
+        """
+        lines = self.ibug68_contour_lines  # (17, L)
+        cand = points_2d[:, lines]  # (B, 17, L, 2)
+        center = points_2d[:, self.ibug68[27:31]].mean(1)  # nose bridge (B, 2)
+        outward = points_2d[:, self.ibug68[:17]] - center[:, None]  # (B, 17, 2)
+        outward = outward / outward.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+        reach = ((cand - center[:, None, None]) * outward[:, :, None]).sum(-1)  # (B, 17, L)
+        best = reach.argmax(-1)  # (B, 17)
+        ids = self.ibug68.expand(points_2d.shape[0], -1).clone()
+        ids[:, :17] = torch.gather(lines.expand(points_2d.shape[0], -1, -1), 2, best[..., None])[..., 0]
+        return ids
+
+    def region_mask(self, name: str) -> torch.Tensor:
+        """(N,) bool: vertices of a region ("forehead", "brow_left", "eye_right", "nose", "mouth",
+        "cheek_left", "jaw", ...; see ``region_names``). Head-only vertices belong to none."""
+        if name not in self.region_names:
+            raise ValueError(f"unknown region {name!r}; expected one of {self.region_names}")
+        return self.region_labels == self.region_names.index(name)
