@@ -9,6 +9,9 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "FaceModel": "densemesh.facemodel",
+    "FaceResult": "densemesh.result",
+    "Reconstructor": "densemesh.pipeline",
+    "reconstruct": "densemesh.pipeline",
 }
 
 

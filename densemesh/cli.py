@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from densemesh import __version__
 
 
@@ -36,14 +38,36 @@ def _expression_pair(text: str) -> tuple[str, float]:
     return name, number
 
 
+def _formats(text: str) -> tuple[str, ...]:
+    from densemesh.export import FACE_FORMATS
+
+    chosen = tuple(f.strip().lower() for f in text.split(",") if f.strip())
+    bad = [f for f in chosen if f not in FACE_FORMATS]
+    if bad or not chosen:
+        raise UsageError(f"--format: unknown format {bad[0] if bad else text!r}; choose from {','.join(FACE_FORMATS)}")
+    return chosen
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="densemesh", description="Dense 3D face reconstruction from photos and videos.")
     parser.add_argument("--version", action="version", version=f"densemesh {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    rec = sub.add_parser("reconstruct", help="reconstruct every face in a photo, a folder of photos or a video")
+    rec = sub.add_parser("reconstruct", help="reconstruct every face in a photo, a folder of photos or a video",
+                         description="Writes, per face, face_NN/ with mesh.obj (+ texture), mesh.ply, result.npz "
+                                     "and landmarks.json, plus overlay.png and summary.json per image. "
+                                     "No face found is not an error (exit 0, empty summary).")
     rec.add_argument("input", type=Path, help="image, folder of images, or video file")
     rec.add_argument("--out", type=Path, required=True, help="output folder")
+    rec.add_argument("--format", default="obj,ply,npz,json", type=_formats,
+                     help="comma-separated subset of obj,ply,npz,json (default: all)")
+    rec.add_argument("--refine", default="fast", choices=["none", "fast", "full"],
+                     help="photometric refinement: none (landmark fit only), fast (default), full")
+    rec.add_argument("--device", default="auto", help="auto (GPU if there is one), cpu or cuda")
+    rec.add_argument("--max-faces", type=int, default=8, metavar="N", help="most faces per image (default 8)")
+    rec.add_argument("--space", default="model", choices=["model", "camera"],
+                     help="mesh files in frontal model space (default) or posed camera space; both cm")
+    rec.add_argument("--no-overlay", action="store_true", help="skip overlay.png")
 
     model = sub.add_parser("model", help="inspect or export the face model")
     msub = model.add_subparsers(dest="model_command", metavar="ACTION", parser_class=_Parser)
@@ -103,12 +127,100 @@ def cmd_model_export(args) -> int:
     return 0
 
 
+VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
+
+
 def cmd_reconstruct(args) -> int:
+    from densemesh.image import IMAGE_SUFFIXES, ImageError, load_image
+
     if not args.input.exists():
         raise UsageError(f"input not found: {args.input}")
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out must be a folder: {args.out}")
-    raise UsageError("reconstruction is not available yet in this version")
+    if args.max_faces < 1:
+        raise UsageError("--max-faces must be at least 1")
+    if args.input.suffix.lower() in VIDEO_SUFFIXES:
+        raise UsageError(f"video input is not supported yet: {args.input}")
+    if args.input.is_dir():
+        images = sorted(p for p in args.input.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise UsageError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {args.input}")
+    else:
+        images = [args.input]
+        try:  # decode before anything is written or loaded
+            first = load_image(args.input)
+        except ImageError as err:
+            raise UsageError(str(err)) from None
+    rec = _reconstructor(args)
+    with rec:
+        if not args.input.is_dir():
+            summary = _reconstruct_image(rec, args.input, first, args.out, args)
+            for path in summary.pop("written"):
+                print(path)
+            if not summary["faces"]:
+                print(f"no face found in {args.input}")
+            return 0
+        from tqdm import tqdm
+
+        failed, report = 0, []
+        for path in tqdm(images, desc="images", unit="img", file=sys.stderr):
+            try:
+                image = load_image(path)
+            except ImageError as err:
+                tqdm.write(f"densemesh: skipped: {err}", file=sys.stderr)
+                report.append({"input": str(path), "error": str(err)})
+                failed += 1
+                continue
+            summary = _reconstruct_image(rec, path, image, args.out / path.stem, args)
+            summary.pop("written")
+            report.append({"input": str(path), "folder": path.stem, "faces": len(summary["faces"])})
+        from densemesh.export import write_json
+
+        write_json(args.out / "summary.json", {"version": __version__, "images": report})
+        found = sum(r.get("faces", 0) for r in report)
+        print(f"{len(images) - failed} images, {found} faces -> {args.out}"
+              + (f"; {failed} unreadable (see summary.json)" if failed else ""))
+        return 2 if failed else 0
+
+
+def _reconstructor(args):
+    from densemesh.pipeline import Reconstructor
+
+    try:
+        return Reconstructor(device=args.device, refine=args.refine, max_faces=args.max_faces,
+                             texture="obj" in args.format)
+    except (ValueError, RuntimeError) as err:
+        raise UsageError(str(err)) from None
+
+
+def _reconstruct_image(rec, path: Path, image, out: Path, args) -> dict:
+    """Reconstruct one decoded image and write its outputs into ``out``; -> summary dict."""
+    import time
+
+    import torch
+
+    from densemesh import render
+    from densemesh.export import write_face, write_json, write_png
+
+    t0 = time.perf_counter()
+    faces = rec(image)
+    seconds = time.perf_counter() - t0
+    written = []
+    entries = []
+    for i, face in enumerate(faces):
+        folder = f"face_{i:02d}"
+        written += write_face(out / folder, face, rec.model, args.format, args.space)
+        entries.append({"folder": folder, **face.summary(), "timings": face.timings})
+    if not args.no_overlay:
+        cams = torch.tensor(np.stack([f.vertices_camera for f in faces])) if faces else torch.zeros(0, 1, 3)
+        focal = torch.tensor([f.pose.focal for f in faces], dtype=torch.float32)
+        principal = torch.tensor(np.stack([f.pose.principal for f in faces]) if faces else np.zeros((0, 2)),
+                                 dtype=torch.float32)
+        written.append(write_png(out / "overlay.png", render.overlay(image, cams, rec.model.faces.cpu(), focal, principal)))
+    summary = {"version": __version__, "input": str(path), "image_size": list(image.shape[:2]),
+               "refine": args.refine, "seconds": seconds, "faces": entries}
+    written.append(write_json(out / "summary.json", summary))
+    return {**summary, "written": written}
 
 
 def main(argv: list[str] | None = None) -> int:

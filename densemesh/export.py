@@ -165,3 +165,36 @@ def write_mesh(path: str | Path, vertices: np.ndarray, model, colors: np.ndarray
     if path.suffix.lower() == ".ply":
         return [write_ply(path, vertices, faces, colors=colors, attributes=attributes)]
     raise ValueError(f"unsupported mesh format {path.suffix!r}; use .obj or .ply")
+
+
+FACE_FORMATS = ("obj", "ply", "npz", "json")
+
+
+def write_face(folder: str | Path, result, model, formats=FACE_FORMATS, space: str = "model") -> list[Path]:
+    """One reconstructed face (:class:`densemesh.result.FaceResult`) into ``folder``:
+    ``mesh.obj`` (+ ``mesh.mtl`` and ``texture.png`` when the result has a texture, else vertex
+    colours), ``mesh.ply`` (vertex colours + visibility), ``result.npz`` (every array) and
+    ``landmarks.json`` (68 points, pose, expressions). ``space`` "model" writes the frontal
+    model-space mesh, "camera" the posed one (both cm). Returns the paths written."""
+    if space not in ("model", "camera"):
+        raise ValueError(f"space must be 'model' or 'camera', got {space!r}")
+    folder = Path(folder)
+    verts = result.vertices if space == "model" else result.vertices_camera
+    faces = model.faces.cpu().numpy()
+    written = []
+    if "obj" in formats:
+        texture = result.texture
+        written += write_obj(folder / "mesh.obj", verts, faces, model.uvs.cpu().numpy(),
+                             model.face_uvs.cpu().numpy(), colors=None if texture is not None else result.colors,
+                             texture=texture, texture_name="texture.png")
+    if "ply" in formats:
+        written.append(write_ply(folder / "mesh.ply", verts, faces, colors=result.colors,
+                                 attributes={"visibility": result.visibility}))
+    if "npz" in formats:
+        written.append(write_npz(folder / "result.npz", **result.arrays()))
+    if "json" in formats:
+        written.append(write_json(folder / "landmarks.json", {
+            "units": {"2d": "pixels", "3d": "camera-space centimetres", "angles": "degrees"},
+            "landmarks68_2d": result.landmarks68_2d, "landmarks68_3d": result.landmarks68_3d,
+            **result.summary(), "expressions": result.expressions}))
+    return written

@@ -27,7 +27,8 @@ class FaceModel(torch.nn.Module):
 
     Attributes (torch buffers): ``mean`` (N, 3) cm, ``identity_basis`` (100, N, 3) cm per unit,
     ``expression_basis`` (53, N, 3) cm per unit, ``faces`` (T, 3) vertex ids, ``uvs`` (U, 2)
-    in [0, 1] (OpenGL convention, v up), ``face_uvs`` (T, 3) uv ids per triangle corner.
+    in [0, 1] (OpenGL convention, v up), ``face_uvs`` (T, 3) uv ids per triangle corner,
+    ``albedo_basis`` (face vertices, 40) smooth orthonormal functions on the face surface.
     """
 
     def __init__(self, arrays: dict, topology: str = "face"):
@@ -49,6 +50,7 @@ class FaceModel(torch.nn.Module):
         self.register_buffer("ibug68_contour_lines", i64(arrays["ibug68_contour_lines"]))
         self.register_buffer("mediapipe_vertex_ids", i64(arrays["mediapipe_vertex_ids"]))
         self.register_buffer("mediapipe_weights", f32(arrays["mediapipe_weights"]))
+        self.register_buffer("albedo_basis", f32(arrays["albedo_basis"]))  # (face vertices, 40)
         self.expression_names: list[str] = [str(s) for s in arrays["expression_names"]]
         self.region_names: list[str] = [str(s) for s in arrays["region_names"]]
         self.face_num_vertices = n_face
@@ -115,23 +117,30 @@ class FaceModel(torch.nn.Module):
             return (corners * self.mediapipe_weights[None, :, :, None]).sum(2)
         raise ValueError(f"unknown landmark set {kind!r}; expected 'ibug68' or 'mediapipe'")
 
-    def contour_landmarks(self, points_2d: torch.Tensor) -> torch.Tensor:
-        """iBUG-68 vertex ids with the jaw points (0-16) slid onto the visible face outline.
+    def contour_landmarks(self, vertices_camera: torch.Tensor, points_2d: torch.Tensor) -> torch.Tensor:
+        """iBUG-68 vertex ids with hidden jaw points (0-16) moved onto the visible outline.
 
-        points_2d (B, N, 2): the model's vertices projected to pixels.
-        For every jaw point, the candidate on its contour line that lies furthest out on its side
-        of the face (along the image direction from the nose bridge to the point) is taken, which
-        is where annotators put the jaw line at large yaw. -> (B, 68) long vertex ids.
+        vertices_camera (B, N, 3) camera cm, points_2d (B, N, 2) their projections in pixels.
+        A jaw vertex that faces away from the camera (the side of the face turning away) is
+        replaced by the candidate on its contour line that faces the camera and lies furthest
+        out on its side of the face in the image: the silhouette, where annotators put the jaw
+        line at large yaw. Visible jaw vertices stay. -> (B, 68) long vertex ids.
         """
-        lines = self.ibug68_contour_lines  # (17, L)
-        cand = points_2d[:, lines]  # (B, 17, L, 2)
+        b = points_2d.shape[0]
+        lines = self.ibug68_contour_lines.expand(b, -1, -1)  # (B, 17, L)
+        view = vertices_camera / vertices_camera.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+        facing = (vertex_normals(vertices_camera, self.faces) * view).sum(-1)  # < 0: towards the camera
         center = points_2d[:, self.ibug68[27:31]].mean(1)  # nose bridge (B, 2)
         outward = points_2d[:, self.ibug68[:17]] - center[:, None]  # (B, 17, 2)
         outward = outward / outward.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+        cand = torch.gather(points_2d, 1, lines.reshape(b, -1, 1).expand(-1, -1, 2)).view(*lines.shape, 2)
         reach = ((cand - center[:, None, None]) * outward[:, :, None]).sum(-1)  # (B, 17, L)
-        best = reach.argmax(-1)  # (B, 17)
-        ids = self.ibug68.expand(points_2d.shape[0], -1).clone()
-        ids[:, :17] = torch.gather(lines.expand(points_2d.shape[0], -1, -1), 2, best[..., None])[..., 0]
+        reach = torch.where(torch.gather(facing, 1, lines.reshape(b, -1)).view_as(reach) < 0, reach,
+                            torch.full_like(reach, -float("inf")))
+        outline = torch.gather(lines, 2, reach.argmax(-1, keepdim=True))[..., 0]  # (B, 17)
+        ids = self.ibug68.expand(b, -1).clone()
+        hidden = facing[:, self.ibug68[:17]] >= 0.25
+        ids[:, :17] = torch.where(hidden, outline, ids[:, :17])
         return ids
 
     def region_mask(self, name: str) -> torch.Tensor:
@@ -140,3 +149,12 @@ class FaceModel(torch.nn.Module):
         if name not in self.region_names:
             raise ValueError(f"unknown region {name!r}; expected one of {self.region_names}")
         return self.region_labels == self.region_names.index(name)
+
+
+def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """(B, N, 3) vertices, (T, 3) faces -> (B, N, 3) unit area-weighted vertex normals (outward
+    for ICT's winding; in the vertices' own space)."""
+    tri = vertices[:, faces]  # (B, T, 3, 3)
+    face_n = torch.cross(tri[:, :, 1] - tri[:, :, 0], tri[:, :, 2] - tri[:, :, 0], dim=-1)
+    normals = torch.zeros_like(vertices).index_add_(1, faces.reshape(-1), face_n.repeat_interleave(3, dim=1))
+    return normals / normals.norm(dim=-1, keepdim=True).clamp(min=1e-12)

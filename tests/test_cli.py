@@ -64,9 +64,81 @@ def test_model_export_identity_seed_is_reproducible(tmp_path):
     (("model", "export", "--out", "x.stl"), ".obj or .ply"),
     (("reconstruct", "missing.jpg", "--out", "out"), "not found"),
     (("reconstruct", "missing.jpg"), "--out"),
+    (("reconstruct", ".", "--out", "out"), "no images"),
+    (("reconstruct", ".", "--out", "out", "--format", "obj,stl"), "unknown format"),
     (("--bogus",), "unrecognized"),
 ])
 def test_errors_are_one_line_and_exit_2(tmp_path, args, needle):
     proc = run(*args, cwd=tmp_path)
     assert_one_line_error(proc, needle)
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written
+
+
+@pytest.fixture(scope="module")
+def astronaut_png(tmp_path_factory):
+    from PIL import Image
+    from skimage import data
+
+    path = tmp_path_factory.mktemp("in") / "astronaut.png"
+    Image.fromarray(data.astronaut()).save(path)
+    return path
+
+
+def test_reconstruct_writes_every_output(tmp_path, astronaut_png):
+    import json
+
+    import trimesh
+
+    proc = run("reconstruct", astronaut_png, "--out", tmp_path / "out", "--refine", "none")
+    assert proc.returncode == 0, proc.stderr
+    face = tmp_path / "out" / "face_00"
+    names = {p.name for p in face.iterdir()}
+    assert names == {"mesh.obj", "mesh.mtl", "texture.png", "mesh.ply", "result.npz", "landmarks.json"}
+    assert str(face / "mesh.obj") in proc.stdout
+    mesh = trimesh.load(face / "mesh.obj", process=False, maintain_order=True)
+    assert mesh.vertices.shape == (7944, 3) and np.asarray(mesh.visual.material.image).shape[2] in (3, 4)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert len(summary["faces"]) == 1 and summary["faces"][0]["folder"] == "face_00"
+    lm = json.loads((face / "landmarks.json").read_text())
+    assert np.asarray(lm["landmarks68_2d"]).shape == (68, 2) and "yaw" in lm["pose"]
+    with np.load(face / "result.npz") as z:
+        assert z["vertices"].shape == (7944, 3) and z["visibility"].dtype == bool
+    assert (tmp_path / "out" / "overlay.png").stat().st_size > 10_000
+
+
+def test_reconstruct_formats_and_camera_space(tmp_path, astronaut_png):
+    proc = run("reconstruct", astronaut_png, "--out", tmp_path, "--refine", "none", "--format", "ply",
+               "--space", "camera", "--no-overlay")
+    assert proc.returncode == 0, proc.stderr
+    assert {p.name for p in (tmp_path / "face_00").iterdir()} == {"mesh.ply"}
+    assert not (tmp_path / "overlay.png").exists()
+
+
+def test_reconstruct_bad_images(tmp_path, astronaut_png):
+    data = astronaut_png.read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 3])
+    proc = run("reconstruct", tmp_path / "cut.png", "--out", tmp_path / "out")
+    assert_one_line_error(proc, "cut.png")
+    assert not (tmp_path / "out").exists()
+    # a folder keeps going past a bad file, reports it, and says so in the exit code
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(data)
+    (folder / "b.png").write_bytes(data[:100])
+    proc = run("reconstruct", folder, "--out", tmp_path / "batch_out", "--refine", "none")
+    assert proc.returncode == 2
+    import json
+
+    report = json.loads((tmp_path / "batch_out" / "summary.json").read_text())["images"]
+    assert [r.get("faces") for r in report] == [1, None] and "error" in report[1]
+    assert (tmp_path / "batch_out" / "a" / "face_00" / "mesh.ply").exists()
+
+
+def test_reconstruct_no_face_is_not_an_error(tmp_path, shared):
+    import json
+
+    proc = run("reconstruct", shared / "faces" / "misc" / "free-mountain-vector-01.jpg", "--out", tmp_path,
+               "--refine", "none")
+    assert proc.returncode == 0, proc.stderr
+    assert "no face" in proc.stdout
+    assert json.loads((tmp_path / "summary.json").read_text())["faces"] == []

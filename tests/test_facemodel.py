@@ -141,27 +141,32 @@ def test_landmarks_in_range_and_mirror_symmetric(face_model):
     assert lm[MIDLINE, 0].abs().max() < 0.1
 
 
-def test_contour_lines_start_at_the_landmark_and_stay_on_their_side(face_model):
+def test_contour_lines_hold_the_landmark_and_stay_on_their_side(face_model):
     lines, mean = face_model.ibug68_contour_lines, face_model.mean
-    assert torch.equal(lines[:, 0], face_model.ibug68[:17])
     for k in range(17):
+        landmark = mean[face_model.ibug68[k]]
+        assert face_model.ibug68[k] in lines[k]
         if k != 8:
-            assert (torch.sign(mean[lines[k], 0]) == torch.sign(mean[face_model.ibug68[k], 0])).all()
+            assert (torch.sign(mean[lines[k], 0]) == torch.sign(landmark[0])).all()
 
 
-def test_contour_slides_outwards_under_yaw(face_model):
-    from densemesh.camera import euler_to_matrix, project_weak
+def test_contour_moves_hidden_jaw_points_onto_the_outline(face_model):
+    from densemesh.camera import euler_to_matrix, model_to_camera, project
 
-    verts = face_model.mean[None]
-    frontal = project_weak(verts, torch.eye(3)[None], torch.tensor([10.0]), torch.zeros(1, 2))
-    assert torch.equal(face_model.contour_landmarks(frontal)[0, 17:], face_model.ibug68[17:])
-    turned = project_weak(verts, euler_to_matrix(torch.tensor([[50.0, 0, 0]])), torch.tensor([10.0]),
-                          torch.zeros(1, 2))
-    ids = face_model.contour_landmarks(turned)[0]
-    # yaw > 0 turns the face to its left: the subject's right cheek (jaw 0-7) faces the camera,
-    # the left jaw line (9-16) becomes the silhouette and moves back round the head
-    assert (ids[10:16] != face_model.ibug68[10:16]).all()
-    assert (face_model.mean[ids[10:16], 2] < face_model.mean[face_model.ibug68[10:16], 2]).all()
+    def posed(yaw):
+        cam = model_to_camera(face_model.mean[None], euler_to_matrix(torch.tensor([[yaw, 0.0, 0.0]])),
+                              torch.tensor([[0.0, 0.0, 60.0]]))
+        return cam, project(cam, torch.tensor([1000.0]), torch.zeros(1, 2))
+
+    assert torch.equal(face_model.contour_landmarks(*posed(0.0))[0], face_model.ibug68)
+    ids = face_model.contour_landmarks(*posed(70.0))[0]
+    # yaw > 0 turns the face to its left: the left jaw line (9-16) turns away and its points move
+    # forward round the cheek to the silhouette; the right side (0-7) faces the camera and stays
+    assert torch.equal(ids[:8], face_model.ibug68[:8])
+    moved = ids[9:17] != face_model.ibug68[9:17]
+    assert moved.sum() >= 4
+    z = face_model.mean[:, 2]
+    assert (z[ids[9:17][moved]] > z[face_model.ibug68[9:17][moved]]).all()
 
 
 def test_mediapipe_correspondence_lands_on_matching_features(face_model):

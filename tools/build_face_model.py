@@ -17,7 +17,7 @@ What it makes (every length in centimetres, ICT model space):
 * mean shape (float32), 100 identity modes and 53 expression offsets
   (float16, offsets from the neutral);
 * UVs (ICT layout, per triangle corner) for both topologies, per-vertex region
-  labels, the 68 iBUG landmark vertices with jaw-contour candidate lines, and
+  labels, a smooth albedo basis (the face mesh's 40 lowest Laplacian eigenvectors), the 68 iBUG landmark vertices with jaw-contour candidate lines, and
   the MediaPipe-468 -> face-surface correspondence (three vertices and
   barycentric weights per point), registered by fitting ICT's identity modes
   to MediaPipe's canonical mesh.
@@ -69,6 +69,9 @@ MP_EYE_RIMS = {  # (eye, lid) -> MediaPipe indices on that lid margin, corner to
     ("right", "corner"): [33, 133],
     ("left", "corner"): [263, 362],
 }
+# MediaPipe's upper eyebrow contour, outer to inner (right brow), inner to outer (left brow):
+# the iBUG brow points 17-26 lie on the brow's upper edge, ICT's own vertices about 5 mm higher
+MP_UPPER_BROWS = (70, 63, 105, 66, 107, 336, 296, 334, 293, 300)
 MP_INNER_LIPS = {
     "upper": [191, 80, 81, 82, 13, 312, 311, 310, 415],
     "lower": [95, 88, 178, 87, 14, 317, 402, 318, 324],
@@ -76,8 +79,9 @@ MP_INNER_LIPS = {
 }
 LIP_BAND_RINGS = 4  # inner-lip points search this many rings around their half of the mouth rim
 
+ALBEDO_MODES = 40  # smoothest Laplacian eigenvectors of the face mesh: the refinement's albedo basis
 REGION_NAMES = ("forehead", "brow_right", "brow_left", "eye_right", "eye_left", "nose",
-                "mouth", "cheek_right", "cheek_left", "jaw")
+                "mouth", "cheek_right", "cheek_left", "jaw", "ear_right", "ear_left")
 
 
 # ----------------------------------------------------------------------------- reading
@@ -232,42 +236,38 @@ def split_loop(loop, verts, corner_a, corner_b):
 
 
 # ----------------------------------------------------------------------------- asset parts
-def contour_lines(mean, ibug, face_tris, n_face, per_line=12):
-    """Jaw-contour candidates: for each iBUG jaw point 0-16, face vertices of its height band on
-    its side, ordered from the landmark itself backwards round the head (towards the ear).
-
-    Returns (17, per_line) vertex ids, padded by repeating the last one. Chin (8) stays put.
+def contour_lines(mean, ibug, labels, n_face, per_line=16, spread=(45.0, 30.0)):
+    """Jaw-contour candidates: for each iBUG jaw point 0-16, face vertices (ears excluded) of its
+    height band on its side, from ``spread[0]`` degrees in front of the landmark to ``spread[1]``
+    behind it, measured round the vertical axis; ``per_line`` evenly spaced picks, front first,
+    the landmark itself among them.
+    The chin (8) keeps its own vertex. -> (17, per_line) vertex ids.
     """
     center_z = mean[ibug[[0, 16]], 2].mean()
+    not_ear = ~np.isin(labels, [REGION_NAMES.index("ear_right"), REGION_NAMES.index("ear_left")])
     lines = np.zeros((17, per_line), np.int64)
-    ear_limit = np.abs(mean[ibug[[0, 16]], 0]).max() + 0.6
     for k in range(17):
         p = mean[ibug[k]]
         if k == 8:
             lines[k] = ibug[k]
             continue
-        side = np.sign(p[0])
-        cand = np.where((np.abs(mean[:n_face, 1] - p[1]) < 0.45)
-                        & (np.sign(mean[:n_face, 0]) == side)
-                        & (np.abs(mean[:n_face, 0]) <= ear_limit))[0]
-        # angle round the vertical axis, from the face front (0) towards the ear (90 deg)
+        cand = np.flatnonzero((np.abs(mean[:n_face, 1] - p[1]) < 0.45)
+                              & (np.sign(mean[:n_face, 0]) == np.sign(p[0])) & not_ear)
         ang = np.degrees(np.arctan2(np.abs(mean[cand, 0]), mean[cand, 2] - center_z))
         a0 = np.degrees(np.arctan2(abs(p[0]), p[2] - center_z))
-        cand, ang = cand[ang >= a0], ang[ang >= a0]
-        order = np.argsort(ang, kind="stable")
-        cand, ang = cand[order], ang[order]
-        picks = [int(ibug[k])]
-        for target in np.linspace(a0, ang.max(), per_line)[1:]:
-            picks.append(int(cand[np.abs(ang - target).argmin()]))
-        lines[k] = picks
+        keep = (ang >= a0 - spread[0]) & (ang <= a0 + spread[1])
+        cand, ang = cand[keep], ang[keep]
+        targets = np.linspace(ang.min(), ang.max(), per_line)
+        lines[k] = [cand[np.abs(ang - t).argmin()] for t in targets]
+        lines[k, np.abs(targets - a0).argmin()] = ibug[k]  # the landmark itself is a candidate
     return lines
 
 
 def region_labels(mean, ibug, n_face):
-    """One region per face vertex (index into REGION_NAMES), from the mean shape's frontal view
-    and the iBUG landmarks: brows, eyes, nose and mouth are landmark polygons dilated by a margin,
-    the forehead lies above the brows, the jaw below the mouth and outside the jaw line, the
-    cheeks are the rest (split left/right)."""
+    """One region per face vertex (index into REGION_NAMES), from the mean shape and the iBUG
+    landmarks: brows, eyes, nose and mouth are landmark polygons (frontal view) dilated by a
+    margin, the forehead lies above the brows, the ears' fronts behind the top of the jaw line,
+    the jaw below the mouth and outside the jaw line, the cheeks are the rest (split left/right)."""
     from matplotlib.path import Path as Polygon
 
     xy = mean[:n_face, :2]
@@ -296,11 +296,31 @@ def region_labels(mean, ibug, n_face):
     assign("mouth", near_polygon(lm[48:60], 0.6))
     brow_top = lm[17:27, 1].max()
     assign("forehead", xy[:, 1] > brow_top)
+    # the front of the ears: behind the jaw line's top, at and above ear-lobe height
+    ear = (mean[:n_face, 2] < 2.5) & (mean[:n_face, 1] > -1.5) & (np.abs(xy[:, 0]) > 6.0)
+    assign("ear_right", ear & (xy[:, 0] < 0))
+    assign("ear_left", ear & (xy[:, 0] > 0))
     jaw = Polygon(np.concatenate([lm[0:17], lm[[26, 17]] + [0, 3.0]]))
     assign("jaw", (xy[:, 1] < lm[57, 1] - 0.3) | ~jaw.contains_points(xy))
     assign("cheek_right", xy[:, 0] < 0)
     assign("cheek_left", xy[:, 0] >= 0)
     return labels
+
+
+def laplacian_basis(tris, n, modes):
+    """(n, modes) eigenvectors of the face mesh's graph Laplacian with the smallest eigenvalues
+    (constant first): smooth functions on the surface, orthonormal. Deterministic: fixed start
+    vector, each vector's largest entry made positive."""
+    from scipy.sparse import diags
+    from scipy.sparse.linalg import eigsh
+
+    e = np.unique(edges_of(tris), axis=0)
+    adj = coo_matrix((np.ones(2 * len(e)), (np.r_[e[:, 0], e[:, 1]], np.r_[e[:, 1], e[:, 0]])), shape=(n, n)).tocsc()
+    lap = diags(np.asarray(adj.sum(1)).ravel()) - adj
+    vals, vecs = eigsh(lap, k=modes, sigma=-1e-3, which="LM", v0=np.ones(n) / np.sqrt(n))
+    vecs = vecs[:, np.argsort(vals)]
+    peak = vecs[np.abs(vecs).argmax(0), np.arange(modes)]
+    return vecs * np.sign(peak)
 
 
 def register_mediapipe(mp_verts, mean, id_basis, face_tris, n_face, ibug, iterations=12,
@@ -468,10 +488,16 @@ def main(argv=None):
     # --- landmarks, contour lines, regions, MediaPipe correspondence
     ibug = to_head[np.asarray(indices["idx_to_landmark_verts"])]
     assert (ibug >= 0).all() and (ibug < n_face).all()
-    lines = contour_lines(mean, ibug, face_tris, n_face)
     labels = region_labels(mean, ibug, n_face)
+    lines = contour_lines(mean, ibug, labels, n_face)
+    albedo_basis = laplacian_basis(face_tris, n_face, ALBEDO_MODES)
     mp_verts, _ = read_canonical_mesh(args.mediapipe_mesh)
     mp_ids, mp_w, mp_stats = register_mediapipe(mp_verts, mean, id_basis, face_tris, n_face, ibug)
+    # iBUG brows: the face vertices nearest MediaPipe's upper brow contour on the mean face
+    brow_points = np.einsum("pj,pjc->pc", mp_w[list(MP_UPPER_BROWS)], mean[mp_ids[list(MP_UPPER_BROWS)]])
+    brow_shift_mm = 10 * np.linalg.norm(mean[ibug[17:27]] - brow_points, axis=1).mean()
+    ibug = ibug.copy()
+    ibug[17:27] = [np.linalg.norm(mean[:n_face] - p, axis=1).argmin() for p in brow_points]
 
     arrays = {
         "mean": mean32,
@@ -490,6 +516,7 @@ def main(argv=None):
         "ibug68_contour_lines": lines.astype(np.int32),
         "region_names": np.asarray(REGION_NAMES),
         "region_labels": labels.astype(np.int8),
+        "albedo_basis": albedo_basis.astype(np.float16),
         "mediapipe_vertex_ids": mp_ids,
         "mediapipe_weights": mp_w,
     }
@@ -505,6 +532,7 @@ def main(argv=None):
     print(f"uvs           : face {len(face_uv)}, head {len(head_uv)}")
     print(f"float16 error : {f16_err_mm:.4f} mm max (bases); mean shape float32 error {mean_err_mm:.5f} mm")
     print("mediapipe     : " + ", ".join(f"{k} {v:.2f}" for k, v in mp_stats.items()))
+    print(f"ibug brows    : moved {brow_shift_mm:.1f} mm (mean) onto MediaPipe's upper brow contour")
     print("regions       : " + ", ".join(f"{n} {(labels == i).sum()}" for i, n in enumerate(REGION_NAMES)))
     print(f"asset         : {args.out / 'face_model.npz'} {size / 1e6:.2f} MB sha256 {digest}")
 

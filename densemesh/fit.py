@@ -1,0 +1,326 @@
+"""Fitting the face model to an image: landmark fit (Gauss-Newton) and photometric refinement.
+
+Landmark fit
+    Unknowns per face: rotation R, translation t (camera cm), identity (100), expression (53,
+    box-constrained to [0, 1]). Data: MediaPipe's 468 FaceMesh points, matched to the face
+    surface through the asset's barycentric correspondence. Residuals are pixel errors divided
+    by the face size, weighted per point (the face-oval points, which MediaPipe places least
+    reliably, count half). Priors: identity ~ N(0, 1); expression ~ N(MediaPipe's blendshape
+    scores mapped onto ICT's names, ``expression_sigma``). Levenberg-Marquardt with analytic
+    Jacobians, batched over faces; one focal length per image (``camera_distance_cm`` puts
+    the largest face at that distance). See :class:`FitConfig`.
+
+Photometric refinement (:func:`refine`) lives here too; the rasteriser and shading are in
+:mod:`densemesh.render`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from densemesh import camera
+from densemesh.detect import MEDIAPIPE_BLENDSHAPES
+from densemesh.facemodel import vertex_normals
+
+#: MediaPipe FaceMesh face-oval points (its public FACE_OVAL connection list).
+MEDIAPIPE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400,
+                  377, 152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
+
+
+@dataclass
+class FitConfig:
+    """Landmark-fit settings (weights are relative to landmark residuals in face-size units)."""
+
+    iterations: int = 8
+    landmark_sigma: float = 0.03       # expected landmark error, fraction of the face size
+    oval_weight: float = 0.5           # weight of MediaPipe's face-oval points
+    identity_sigma: float = 1.0        # identity prior N(0, sigma)
+    expression_sigma: float = 0.5      # expression prior around MediaPipe's blendshape scores
+    camera_distance_cm: float = 60.0   # assumed distance of the largest face (sets the focal)
+
+
+@dataclass
+class FitState:
+    """Batched fit parameters and camera. rotation (B, 3, 3) model rotation (see camera.py),
+    translation (B, 3) cm, identity (B, 100), expression (B, 53), focal (B,) px,
+    principal (B, 2) px, cost (B,) final landmark cost (mean squared face-size units)."""
+
+    rotation: torch.Tensor
+    translation: torch.Tensor
+    identity: torch.Tensor
+    expression: torch.Tensor
+    focal: torch.Tensor
+    principal: torch.Tensor
+    cost: torch.Tensor | None = None
+
+
+def mediapipe_expression_prior(scores: np.ndarray, expression_names: list[str]) -> np.ndarray:
+    """(B, 52) MediaPipe blendshape scores -> (B, 53) ICT expression weights.
+
+    ICT's ``X_L`` / ``X_R`` are MediaPipe's ``XLeft`` / ``XRight`` (both the subject's side);
+    ICT splits ``browInnerUp`` and ``cheekPuff`` into halves, which both take the one score.
+    """
+    scores = np.asarray(scores, np.float64).reshape(-1, len(MEDIAPIPE_BLENDSHAPES))
+    index = {n: i for i, n in enumerate(MEDIAPIPE_BLENDSHAPES)}
+    out = np.zeros((len(scores), len(expression_names)))
+    for j, name in enumerate(expression_names):
+        base, side = (name[:-2], name[-1]) if name[-2:] in ("_L", "_R") else (name, "")
+        key = base + {"L": "Left", "R": "Right", "": ""}[side]
+        out[:, j] = scores[:, index[key] if key in index else index[base]]
+    return out
+
+
+def _skew(v: torch.Tensor) -> torch.Tensor:
+    """(..., 3) -> (..., 3, 3) cross-product matrices."""
+    z = torch.zeros_like(v[..., 0])
+    return torch.stack([torch.stack([z, -v[..., 2], v[..., 1]], -1),
+                        torch.stack([v[..., 2], z, -v[..., 0]], -1),
+                        torch.stack([-v[..., 1], v[..., 0], z], -1)], -2)
+
+
+class LandmarkFitter:
+    """Fits the face model to MediaPipe landmarks. Holds the model's bases at the 468 points."""
+
+    def __init__(self, model, config: FitConfig | None = None):
+        self.model = model
+        self.config = config or FitConfig()
+        ids, w = model.mediapipe_vertex_ids, model.mediapipe_weights  # (468, 3)
+        at = lambda basis: (basis[..., ids, :] * w[..., None]).sum(-2)  # noqa: E731
+        self.mean_k = at(model.mean)  # (K, 3)
+        shape_basis = torch.cat([model.identity_basis, model.expression_basis])  # (P, N, 3)
+        self.basis_k = at(shape_basis).permute(1, 2, 0).contiguous()  # (K, 3, P)
+        weights = torch.ones(len(ids))
+        weights[list(MEDIAPIPE_OVAL)] = self.config.oval_weight
+        self.point_weights = weights.to(self.mean_k)
+
+    def initial_state(self, landmarks: torch.Tensor, rotations: torch.Tensor, expression: torch.Tensor,
+                      image_size: tuple[int, int]) -> FitState:
+        """Pose from a rotation guess and a weak-perspective solve; one focal for the image.
+
+        landmarks (B, 468, 2) px, rotations (B, 3, 3) model rotation guesses, expression (B, 53)
+        starting weights, image_size (height, width).
+        """
+        b = landmarks.shape[0]
+        dev = self.mean_k
+        landmarks = landmarks[:, : dev.shape[0], :2].to(dev)
+        points = self._points(torch.zeros(b, self.model.num_identity).to(dev), expression.to(dev))
+        turned = points @ (camera.MODEL_TO_CAMERA.to(dev) @ rotations).transpose(1, 2)  # (B, K, 3)
+        xy = turned[..., :2]
+        w = self.point_weights[None, :, None]
+        mu_x, mu_l = (w * xy).sum(1) / w.sum(1), (w * landmarks).sum(1) / w.sum(1)
+        dx, dl = xy - mu_x[:, None], landmarks - mu_l[:, None]
+        scale = (w * dx * dl).sum((1, 2)) / (w * dx * dx).sum((1, 2))  # px per cm
+        offset = mu_l - scale[:, None] * mu_x
+        h, wd = image_size
+        principal = torch.tensor([(wd - 1) / 2, (h - 1) / 2]).to(dev).expand(b, 2).clone()
+        focal = (self.config.camera_distance_cm * scale.max()).expand(b).clone()
+        tz = focal / scale
+        translation = torch.cat([(offset - principal) * (tz / focal)[:, None], tz[:, None]], 1)
+        return FitState(rotations.to(dev).clone(), translation, torch.zeros(b, self.model.num_identity).to(dev),
+                        expression.to(dev).clone(), focal, principal)
+
+    def _points(self, identity: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:
+        """(B, 100), (B, 53) -> (B, K, 3) model-space landmark points."""
+        coeffs = torch.cat([identity, expression], 1)
+        return self.mean_k + torch.einsum("kcp,bp->bkc", self.basis_k, coeffs)
+
+    def _residuals(self, state: FitState, target: torch.Tensor, size: torch.Tensor,
+                   prior_expression: torch.Tensor, with_jacobian: bool):
+        """Stacked weighted residuals (B, R) and, if asked, their Jacobian (B, R, 6 + P)."""
+        cfg = self.config
+        x_model = self._points(state.identity, state.expression)
+        rc = camera.MODEL_TO_CAMERA.to(x_model) @ state.rotation
+        xc = x_model @ rc.transpose(1, 2) + state.translation[:, None]
+        z = xc[..., 2].clamp(min=1e-3)
+        uv = state.focal[:, None, None] * xc[..., :2] / z[..., None] + state.principal[:, None]
+        scale = self.point_weights.sqrt()[None, :, None] / (cfg.landmark_sigma * size[:, None, None])
+        r_lm = ((uv - target) * scale).flatten(1)  # (B, 2K)
+        r_id = state.identity / cfg.identity_sigma
+        r_ex = (state.expression - prior_expression) / cfg.expression_sigma
+        residual = torch.cat([r_lm, r_id, r_ex], 1)
+        if not with_jacobian:
+            return residual, None
+        f_z = (state.focal[:, None] / z)  # (B, K)
+        zero = torch.zeros_like(z)
+        dproj = torch.stack([torch.stack([f_z, zero, -f_z * xc[..., 0] / z], -1),
+                             torch.stack([zero, f_z, -f_z * xc[..., 1] / z], -1)], -2)  # (B, K, 2, 3)
+        d_rot = dproj @ -_skew(xc - state.translation[:, None])
+        d_shape = torch.einsum("bkij,bjl,klp->bkip", dproj, rc, self.basis_k)
+        j_lm = torch.cat([d_rot, dproj, d_shape], -1) * scale[..., None]  # (B, K, 2, 6 + P)
+        b, p = residual.shape[0], d_shape.shape[-1]
+        n_id = self.model.num_identity
+        j_prior = torch.zeros(b, p, 6 + p).to(j_lm)
+        j_prior[:, :n_id, 6:6 + n_id] = torch.eye(n_id).to(j_lm) / cfg.identity_sigma
+        j_prior[:, n_id:, 6 + n_id:] = torch.eye(p - n_id).to(j_lm) / cfg.expression_sigma
+        return residual, torch.cat([j_lm.flatten(1, 2), j_prior], 1)
+
+    def _apply(self, state: FitState, delta: torch.Tensor) -> FitState:
+        flip = camera.MODEL_TO_CAMERA.to(delta)
+        turn = camera.axis_angle_to_matrix(delta[:, :3])
+        n_id = self.model.num_identity
+        return FitState(flip @ turn @ flip @ state.rotation, state.translation + delta[:, 3:6],
+                        state.identity + delta[:, 6:6 + n_id],
+                        (state.expression + delta[:, 6 + n_id:]).clamp(0.0, 1.0),
+                        state.focal, state.principal)
+
+    def fit(self, landmarks: torch.Tensor, state: FitState, prior_expression: torch.Tensor,
+            iterations: int | None = None) -> FitState:
+        """Levenberg-Marquardt. landmarks (B, 468, 2) px; returns the fitted state (with cost)."""
+        target = landmarks[:, : self.mean_k.shape[0], :2].to(self.mean_k)
+        lo, hi = target.min(1).values, target.max(1).values
+        size = ((hi - lo).prod(1)).sqrt()  # face size, px
+        prior = prior_expression.to(self.mean_k)
+        damping = torch.full((target.shape[0],), 1e-3).to(target)
+        res, jac = self._residuals(state, target, size, prior, True)
+        cost = (res ** 2).sum(1)
+        n_exp = state.expression.shape[1]
+        for _ in range(self.config.iterations if iterations is None else iterations):
+            jt = jac.transpose(1, 2)
+            h = jt @ jac
+            grad = (jt @ res[..., None])[..., 0]
+            # active set: expression weights at a bound that the gradient pushes further out stay put
+            g_exp = grad[:, -n_exp:]
+            frozen = ((state.expression <= 0) & (g_exp > 0)) | ((state.expression >= 1) & (g_exp < 0))
+            free = torch.cat([torch.ones_like(grad[:, :-n_exp], dtype=torch.bool), ~frozen], 1)
+            h = h * (free[:, :, None] & free[:, None, :]) + torch.diag_embed((~free).to(h))
+            grad = grad * free
+            h = h + damping[:, None, None] * torch.diag_embed(h.diagonal(dim1=1, dim2=2) + 1e-6)
+            delta = -torch.linalg.solve(h, grad[..., None])[..., 0]
+            trial = self._apply(state, delta)
+            res_t, jac_t = self._residuals(trial, target, size, prior, True)
+            cost_t = (res_t ** 2).sum(1)
+            better = cost_t < cost
+            keep = lambda new, old: torch.where(better.view(-1, *[1] * (new.dim() - 1)), new, old)  # noqa: E731
+            state = FitState(*(keep(n, o) for n, o in zip(
+                (trial.rotation, trial.translation, trial.identity, trial.expression),
+                (state.rotation, state.translation, state.identity, state.expression))),
+                state.focal, state.principal)
+            res, jac, cost = keep(res_t, res), keep(jac_t, jac), keep(cost_t, cost)
+            damping = torch.where(better, damping * 0.3, damping * 10.0).clamp(1e-6, 1e4)
+        state.cost = cost / target.shape[1]
+        return state
+
+
+@dataclass
+class RefineConfig:
+    """Photometric refinement settings for one ``refine`` level (see :data:`REFINE_LEVELS`)."""
+
+    iterations: int
+    crop_size: int                     # px, square crop around each face
+    raster_every: int = 5              # re-rasterise (visibility / pixel-to-face) every n steps
+    photometric_weight: float = 2.0    # robust colour error (RGB in [0, 1]) vs. landmark cost
+    expression_sigma: float = 0.15     # how far expressions may move from the landmark fit
+    albedo_sigma: float = 0.3          # prior on the smooth albedo coefficients
+    learning_rate: float = 0.01
+
+
+#: ``refine`` levels: "none" = landmark fit only; "fast" = 30 Adam steps on 128 px crops;
+#: "full" = 80 steps on 224 px crops.
+REFINE_LEVELS = {"none": None, "fast": RefineConfig(30, 128), "full": RefineConfig(80, 224)}
+SKIN_EXCLUDED_REGIONS = ("eye_left", "eye_right", "brow_left", "brow_right")
+
+
+def refine(fitter: LandmarkFitter, image: np.ndarray, state: FitState, landmarks: torch.Tensor,
+           config: RefineConfig) -> tuple[FitState, dict]:
+    """Analysis-by-synthesis: render each face (rasteriser of :mod:`densemesh.render`, 9-term SH
+    lighting per colour channel, smooth albedo from the asset's Laplacian basis) into a crop of the
+    photo and minimise the robust colour error on the visible skin (eyes and brows excluded)
+    together with the landmark and prior terms of the landmark fit (Adam, all faces batched).
+
+    image (H, W, 3) uint8; landmarks (B, 478, 2) px; state: the landmark fit's result.
+    Returns the refined state and {"photometric_before", "photometric_after"}: (B,) mean robust
+    colour error on the rendered skin.
+    """
+    from densemesh import render
+    from densemesh.crop import crop_square, square_box
+
+    model, cfg = fitter.model, fitter.config
+    dev = fitter.mean_k
+    b = state.identity.shape[0]
+    faces = model.faces
+    flip = camera.MODEL_TO_CAMERA.to(dev)
+    with torch.no_grad():
+        uv0 = camera.project(camera.model_to_camera(model.decode(state.identity, state.expression),
+                                                    state.rotation, state.translation), state.focal, state.principal)
+    crops = [crop_square(image, square_box(uv0[i].cpu().numpy(), 1.05), config.crop_size) for i in range(b)]
+    target = torch.from_numpy(np.stack([c.image for c in crops])).to(dev) / 255.0  # (B, S, S, 3)
+    k = torch.tensor([c.scale for c in crops]).to(dev)
+    focal_c = state.focal * k
+    principal_c = state.principal * k[:, None] + torch.from_numpy(np.stack([c.offset for c in crops])).to(dev)
+    size_px = (config.crop_size, config.crop_size)
+
+    skin = torch.ones(b, model.num_vertices, 1).to(dev)
+    for name in SKIN_EXCLUDED_REGIONS:
+        skin[:, model.region_mask(name)] = 0.0
+    basis = model.albedo_basis[: model.num_vertices]  # (N, K)
+    lm_target = landmarks[:, : fitter.mean_k.shape[0], :2].to(dev)
+    face_size = (lm_target.max(1).values - lm_target.min(1).values).prod(1).sqrt()
+    lm_scale = fitter.point_weights.sqrt()[None, :, None] / (cfg.landmark_sigma * face_size[:, None, None])
+    n_res = 2 * fitter.mean_k.shape[0]
+
+    a0 = render.sh_basis(torch.tensor([0.0, 0.0, 1.0]))[0].item()
+    params = {"rot": torch.zeros(b, 3), "trans": torch.zeros(b, 3), "identity": state.identity.clone(),
+              "expression": state.expression.clone(), "sh": torch.zeros(b, 9, 3),
+              "albedo": torch.zeros(b, basis.shape[1], 3), "base": torch.full((b, 3), 0.5)}
+    params = {n: p.to(dev).requires_grad_(True) for n, p in params.items()}
+    with torch.no_grad():
+        params["sh"][:, 0] = 1.0 / a0  # ambient light of 1: radiance = albedo
+    lr = config.learning_rate
+    optim = torch.optim.Adam([
+        {"params": [params["rot"]], "lr": lr * 0.2}, {"params": [params["trans"]], "lr": lr * 3},
+        {"params": [params["identity"]], "lr": lr * 3}, {"params": [params["expression"]], "lr": lr},
+        {"params": [params["sh"], params["albedo"], params["base"]], "lr": lr * 3}])
+
+    def pose():
+        return (flip @ camera.axis_angle_to_matrix(params["rot"]) @ flip @ state.rotation,
+                state.translation + params["trans"])
+
+    def evaluate(pix_to_face):
+        """-> (B,) photometric error, scalar loss."""
+        rotation, translation = pose()
+        cam = camera.model_to_camera(model.decode(params["identity"], params["expression"]), rotation, translation)
+        bary = render.barycentrics(cam, faces, focal_c, principal_c, pix_to_face)
+        albedo = params["base"][:, None] + basis[None] @ params["albedo"]  # (B, N, 3)
+        color = render.shade(albedo, vertex_normals(cam, faces), params["sh"])
+        pixels = render.interpolate(pix_to_face, bary, faces, torch.cat([color, skin], -1))
+        mask = (pixels[..., 3] > 0.5).float()
+        err = ((pixels[..., :3] - target) ** 2 + 1e-4).sum(-1).sqrt()  # robust (Charbonnier)
+        photo = (err * mask).sum((1, 2)) / mask.sum((1, 2)).clamp(min=1)
+        pts = camera.model_to_camera(fitter._points(params["identity"], params["expression"]), rotation, translation)
+        lm_cost = (((camera.project(pts, state.focal, state.principal) - lm_target) * lm_scale) ** 2).sum((1, 2))
+        prior = ((params["identity"] / cfg.identity_sigma) ** 2).sum(1) \
+            + (((params["expression"] - state.expression) / config.expression_sigma) ** 2).sum(1) \
+            + ((params["albedo"] / config.albedo_sigma) ** 2).sum((1, 2))
+        return photo, ((lm_cost + prior) / n_res + config.photometric_weight * photo).sum()
+
+    def raster():
+        with torch.no_grad():
+            rotation, translation = pose()
+            cam = camera.model_to_camera(model.decode(params["identity"], params["expression"]), rotation, translation)
+            return render.rasterize(cam, faces, focal_c, principal_c, size_px).pix_to_face
+
+    pix_to_face = raster()
+    with torch.no_grad():  # starting albedo: mean colour of the covered skin
+        covered = (render.interpolate(pix_to_face, (pix_to_face >= 0)[..., None].float().expand(-1, -1, -1, 3) / 3,
+                                      faces, skin)[..., 0] > 0.5)
+        for i in range(b):
+            if covered[i].any():
+                params["base"][i] = target[i][covered[i]].mean(0)
+        photo_before = evaluate(pix_to_face)[0]
+    for step in range(config.iterations):
+        if step and step % config.raster_every == 0:
+            pix_to_face = raster()
+        optim.zero_grad()
+        evaluate(pix_to_face)[1].backward()
+        optim.step()
+        with torch.no_grad():
+            params["expression"].clamp_(0.0, 1.0)
+    with torch.no_grad():
+        pix_to_face = raster()
+        photo_after = evaluate(pix_to_face)[0]
+        rotation, translation = pose()
+    refined = FitState(rotation.detach(), translation.detach(), params["identity"].detach(),
+                       params["expression"].detach(), state.focal, state.principal, state.cost)
+    return refined, {"photometric_before": photo_before.cpu().numpy(), "photometric_after": photo_after.cpu().numpy()}

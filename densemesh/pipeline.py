@@ -1,0 +1,180 @@
+"""The public facade: :class:`Reconstructor` (models loaded once) and :func:`reconstruct`."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from densemesh import camera, render
+from densemesh.crop import square_box
+from densemesh.detect import Detection, MediaPipeDetector
+from densemesh.facemodel import FaceModel
+from densemesh import fit
+from densemesh.fit import REFINE_LEVELS, FitConfig, FitState, LandmarkFitter, mediapipe_expression_prior
+from densemesh.image import load_image
+from densemesh.result import FaceResult, Pose
+
+VISIBILITY_CROP = 256  # px: z-buffer resolution for per-vertex visibility
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """"auto" -> CUDA when available, else CPU; anything else as torch understands it."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for, but no CUDA device is available")
+    return dev
+
+
+def _orthonormal(m: np.ndarray) -> np.ndarray:
+    u, _, vt = np.linalg.svd(m)
+    r = u @ vt
+    return r if np.linalg.det(r) > 0 else u @ np.diag([1, 1, -1]) @ vt
+
+
+class Reconstructor:
+    """Photo -> list of :class:`FaceResult`, one per face (largest first).
+
+    device: "auto" | "cpu" | "cuda"; refine: "none" | "fast" | "full" (see
+    :data:`densemesh.fit.REFINE_LEVELS`); max_faces: most faces per image; search: "thorough"
+    (also finds small faces, slower) or "fast"; texture: also bake a UV texture per face;
+    detector: any object with ``detect(image) -> list[Detection]`` (default MediaPipe).
+    Use as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, device: str = "auto", refine: str = "fast", max_faces: int = 8,
+                 search: str = "thorough", texture: bool = False, detector=None,
+                 fit_config: FitConfig | None = None):
+        if refine not in REFINE_LEVELS:
+            raise ValueError(f"refine must be one of {tuple(REFINE_LEVELS)}, got {refine!r}")
+        self.device = resolve_device(device)
+        self.refine = refine
+        self.texture = texture
+        self.model = FaceModel.load("face").to(self.device)
+        self.fitter = LandmarkFitter(self.model, fit_config)
+        self.detector = detector or MediaPipeDetector(max_faces=max_faces, search=search)
+
+    def close(self) -> None:
+        self.detector.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __call__(self, image, channel_order: str = "rgb") -> list[FaceResult]:
+        """image: path or array (see :func:`densemesh.image.load_image`)."""
+        rgb = load_image(image, channel_order)
+        t0 = time.perf_counter()
+        detections = self.detector.detect(rgb)
+        t_detect = time.perf_counter() - t0
+        if not detections:
+            return []
+        results = self.reconstruct_detections(rgb, detections)
+        for r in results:
+            r.timings["detect_s"] = t_detect
+        return results
+
+    def fit_detections(self, image: np.ndarray, detections: list[Detection], refine: str | None = None):
+        """Landmark fit (+ refinement) of detections in one image -> (FitState, landmarks, timings)."""
+        dev = self.device
+        landmarks = torch.tensor(np.stack([d.landmarks[:, :2] for d in detections]), dtype=torch.float32, device=dev)
+        rotations = torch.tensor(np.stack([_orthonormal(d.transform[:3, :3]) for d in detections]),
+                                 dtype=torch.float32, device=dev)
+        prior = torch.tensor(mediapipe_expression_prior(np.stack([d.blendshapes for d in detections]),
+                                                        self.model.expression_names), dtype=torch.float32, device=dev)
+        timings = {}
+        t0 = time.perf_counter()
+        state = self.fitter.initial_state(landmarks, rotations, prior, image.shape[:2])
+        state = self.fitter.fit(landmarks, state, prior)
+        timings["fit_s"] = time.perf_counter() - t0
+        level = REFINE_LEVELS[self.refine if refine is None else refine]
+        if level is not None:
+            t0 = time.perf_counter()
+            state, stats = fit.refine(self.fitter, image, state, landmarks, level)
+            timings["refine_s"] = time.perf_counter() - t0
+            timings.update({k: v.tolist() for k, v in stats.items()})
+        return state, landmarks, timings
+
+    def reconstruct_detections(self, image: np.ndarray, detections: list[Detection],
+                               refine: str | None = None) -> list[FaceResult]:
+        """Fit, refine and describe faces already detected in ``image`` (H, W, 3) uint8 RGB."""
+        state, landmarks, timings = self.fit_detections(image, detections, refine)
+        t0 = time.perf_counter()
+        results = self._describe(image, detections, state, landmarks)
+        timings["describe_s"] = time.perf_counter() - t0
+        for r in results:
+            r.timings.update(timings)
+            r.refine = self.refine if refine is None else refine
+        return results
+
+    @torch.no_grad()
+    def _describe(self, image: np.ndarray, detections: list[Detection], state: FitState,
+                  landmarks: torch.Tensor) -> list[FaceResult]:
+        model = self.model
+        vertices = model.decode(state.identity, state.expression)
+        cam = camera.model_to_camera(vertices, state.rotation, state.translation)
+        uv = camera.project(cam, state.focal, state.principal)
+        visible = self._visibility(cam, uv, state, image.shape[:2])
+        ids68 = model.contour_landmarks(cam, uv)
+        rows = torch.arange(len(detections), device=self.device)[:, None]
+        # landmark-fit quality: RMS distance of the fitted MediaPipe points, in face sizes
+        mp_uv = model.landmarks(uv, "mediapipe")
+        target = landmarks[:, : mp_uv.shape[1]]
+        size = (target.max(1).values - target.min(1).values).prod(1).sqrt()
+        rms = ((mp_uv - target).norm(dim=-1) ** 2).mean(1).sqrt() / size
+        colors = self._colors(image, uv, visible)
+        euler = camera.matrix_to_euler(state.rotation)
+        results = []
+        for i, det in enumerate(detections):
+            pose = Pose(*(float(a) for a in euler[i]), state.rotation[i].cpu().numpy(),
+                        state.translation[i].cpu().numpy(), float(state.focal[i]), state.principal[i].cpu().numpy())
+            result = FaceResult(
+                vertices=vertices[i].cpu().numpy(), vertices_camera=cam[i].cpu().numpy(),
+                vertices_2d=uv[i].cpu().numpy(), visibility=visible[i].cpu().numpy(),
+                landmarks68_2d=uv[rows, ids68][i].cpu().numpy(), landmarks68_3d=cam[rows, ids68][i].cpu().numpy(),
+                pose=pose, identity=state.identity[i].cpu().numpy(), expression=state.expression[i].cpu().numpy(),
+                expression_names=list(model.expression_names), box=det.box.copy(),
+                score=det.score, fit_error=float(rms[i]), colors=colors[i],
+                image_size=tuple(image.shape[:2]))
+            if self.texture:
+                result.texture = render.bake_texture(image, uv[i].cpu(), visible[i].cpu(), model.faces.cpu(),
+                                                     model.uvs.cpu(), model.face_uvs.cpu())
+            results.append(result)
+        return results
+
+    def _visibility(self, cam: torch.Tensor, uv: torch.Tensor, state: FitState,
+                    image_hw: tuple[int, int]) -> torch.Tensor:
+        """Z-buffer visibility, rasterised per face in a square crop (bounded cost on huge images)."""
+        boxes = [square_box(uv[i].cpu().numpy(), 1.05) for i in range(len(uv))]
+        k = torch.tensor([VISIBILITY_CROP / (b[2] - b[0]) for b in boxes], dtype=cam.dtype, device=cam.device)
+        origin = torch.tensor(np.stack([b[:2] for b in boxes]), dtype=cam.dtype, device=cam.device)
+        focal = state.focal * k
+        principal = (state.principal - origin) * k[:, None]
+        crop_vis = render.visibility(cam, self.model.faces, focal, principal, (VISIBILITY_CROP, VISIBILITY_CROP))
+        h, w = image_hw
+        inside = (uv[..., 0] > -0.5) & (uv[..., 0] < w - 0.5) & (uv[..., 1] > -0.5) & (uv[..., 1] < h - 0.5)
+        return crop_vis & inside
+
+    def _colors(self, image: np.ndarray, uv: torch.Tensor, visible: torch.Tensor) -> list[np.ndarray]:
+        """Per-vertex colours (N, 3) uint8 sampled bilinearly; hidden ones get the visible mean."""
+        import cv2
+
+        out = []
+        for i in range(len(uv)):
+            pts = uv[i].cpu().numpy().astype(np.float32)
+            c = cv2.remap(image, pts[None, :, 0], pts[None, :, 1], cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)[0]
+            vis = visible[i].cpu().numpy()
+            c[~vis] = c[vis].mean(0).round() if vis.any() else 128
+            out.append(c)
+        return out
+
+
+def reconstruct(image, **options) -> list[FaceResult]:
+    """One-off use: ``reconstruct("photo.jpg", refine="full")``; options as for :class:`Reconstructor`."""
+    with Reconstructor(**options) as rec:
+        return rec(image)

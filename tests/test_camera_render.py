@@ -1,0 +1,95 @@
+"""Coordinate conventions, rasterisers and barycentrics agree with each other."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from densemesh import camera, render
+
+
+def test_euler_round_trip_and_meaning():
+    angles = torch.tensor([[30.0, -20.0, 10.0], [-75.0, 40.0, -5.0]])
+    assert torch.allclose(camera.matrix_to_euler(camera.euler_to_matrix(angles)), angles, atol=1e-3)
+    nose = torch.tensor([0.0, 0.0, 1.0])
+    # yaw > 0: the nose moves to the image's right (+x camera); pitch > 0: the nose tips down (+y camera)
+    yawed = camera.model_to_camera(nose.view(1, 1, 3), camera.euler_to_matrix(torch.tensor([[30.0, 0, 0]])), torch.zeros(1, 3))
+    pitched = camera.model_to_camera(nose.view(1, 1, 3), camera.euler_to_matrix(torch.tensor([[0, 30.0, 0]])), torch.zeros(1, 3))
+    assert yawed[0, 0, 0] > 0.4 and pitched[0, 0, 1] > 0.4
+    # a frontal face looks at the camera: model +Z -> camera -Z, model +Y -> camera -Y (image up)
+    assert torch.allclose(camera.model_to_camera(torch.tensor([[[0.0, 1.0, 1.0]]]), torch.eye(3)[None], torch.zeros(1, 3)),
+                          torch.tensor([[[0.0, -1.0, -1.0]]]))
+
+
+def test_model_camera_round_trip_and_projections():
+    pts = torch.randn(2, 50, 3)
+    rot = camera.euler_to_matrix(torch.tensor([[10.0, 5, -3], [-40, 0, 20]]))
+    t = torch.tensor([[1.0, 2.0, 60.0], [-3.0, 0.5, 80.0]])
+    cam = camera.model_to_camera(pts, rot, t)
+    assert torch.allclose(camera.camera_to_model(cam, rot, t), pts, atol=1e-4)
+    uv = camera.project(cam, torch.tensor([800.0, 900.0]), torch.tensor([[320.0, 240.0], [100.0, 50.0]]))
+    assert torch.allclose(uv[0, 0], 800 * cam[0, 0, :2] / cam[0, 0, 2] + torch.tensor([320.0, 240.0]))
+    # weak perspective = perspective with every depth replaced by the face's distance
+    f, c = torch.tensor([800.0, 900.0]), torch.tensor([[320.0, 240.0], [100.0, 50.0]])
+    weak = camera.project_weak(pts, rot, f / t[:, 2], c + f[:, None] * t[:, :2] / t[:, 2:])
+    assert torch.allclose(weak, f[:, None, None] * cam[..., :2] / t[:, None, 2:] + c[:, None], atol=1e-3)
+    px = camera.normalized_to_pixels(np.array([[0.0, 0.0], [1.0, 1.0]]), 640, 480)
+    assert np.allclose(px, [[-0.5, -0.5], [639.5, 479.5]])
+
+
+@pytest.fixture(scope="module")
+def posed(face_model):
+    verts = face_model.decode(torch.randn(1, 100) * 0.5, face_model.expression_vector({"jawOpen": 0.3}))
+    cam = camera.model_to_camera(verts, camera.euler_to_matrix(torch.tensor([[25.0, -10.0, 5.0]])),
+                                 torch.tensor([[1.0, -2.0, 55.0]]))
+    return cam, torch.tensor([300.0]), torch.tensor([[70.3, 61.7]]), (128, 144)
+
+
+def test_rasterisers_agree(face_model, posed):
+    cam, f, c, size = posed
+    a = render.rasterize(cam, face_model.faces, f, c, size, backend="open3d")
+    b = render.rasterize(cam, face_model.faces, f, c, size, backend="pytorch3d")
+    covered = (a.pix_to_face >= 0) | (b.pix_to_face >= 0)
+    assert covered.sum() > 2000
+    assert (a.pix_to_face == b.pix_to_face)[covered].float().mean() > 0.98
+    both = (a.pix_to_face >= 0) & (a.pix_to_face == b.pix_to_face)
+    assert (a.depth - b.depth)[both].abs().max() < 1e-3
+    assert (a.bary - b.bary)[both].abs().max() < 1e-3
+
+
+def test_differentiable_barycentrics_match_the_rasteriser(face_model, posed):
+    cam, f, c, size = posed
+    ras = render.rasterize(cam, face_model.faces, f, c, size)
+    verts = cam.clone().requires_grad_(True)
+    bary = render.barycentrics(verts, face_model.faces, f, c, ras.pix_to_face)
+    valid = ras.pix_to_face >= 0
+    assert (bary - ras.bary)[valid].abs().max() < 1e-3
+    # the barycentric point reprojects onto the pixel centre
+    point = render.interpolate(ras.pix_to_face, bary, face_model.faces, verts)
+    uv = camera.project(point[valid][None], f, c)[0]
+    ys, xs = torch.nonzero(valid[0], as_tuple=True)
+    assert (uv - torch.stack([xs, ys], -1).float()).abs().max() < 1e-2
+    bary.sum().backward()
+    assert torch.isfinite(verts.grad).all() and verts.grad.abs().sum() > 0
+
+
+def test_vertices_project_where_the_rasteriser_draws_them(face_model, posed):
+    cam, f, c, size = posed
+    ras = render.rasterize(cam, face_model.faces, f, c, size)
+    vis = render.visibility(cam, face_model.faces, f, c, size)[0]
+    uv = camera.project(cam, f, c)[0].round().long()
+    inside = (uv[:, 0] >= 0) & (uv[:, 0] < size[1]) & (uv[:, 1] >= 0) & (uv[:, 1] < size[0])
+    hit = ras.pix_to_face[0, uv[inside, 1], uv[inside, 0]] >= 0
+    assert hit.float().mean() > 0.95  # the rest sit on the rim, between pixel centres
+    # turned 25 deg to its left: the subject's right cheek faces the camera, the left ear does not
+    x = face_model.mean[:, 0]
+    assert vis[(x < -5)].float().mean() > vis[(x > 5)].float().mean() + 0.3
+    assert vis[face_model.ibug68[30]]  # nose tip
+
+
+def test_sh_shading_is_lambertian_in_band_one():
+    normals = torch.tensor([[[0.0, 0.0, 1.0], [0.0, 0.0, -1.0]]])
+    sh = torch.zeros(1, 9, 3)
+    sh[0, 2] = 1.0  # linear term along z
+    out = render.shade(torch.ones(1, 2, 3), normals, sh)
+    assert out[0, 0, 0] > 0 > out[0, 1, 0]
