@@ -48,6 +48,12 @@ class FaceModel(torch.nn.Module):
         self.register_buffer("face_uvs", i64(arrays[f"{topology}_triangle_uvs"]))
         self.register_buffer("ibug68", i64(arrays["ibug68"]))
         self.register_buffer("ibug68_contour_lines", i64(arrays["ibug68_contour_lines"]))
+        self.register_buffer("ibug68_lid_lines", i64(arrays["ibug68_lid_lines"]))
+        self.register_buffer("ibug68_lid_points", i64(arrays["ibug68_lid_points"]))
+        self.register_buffer("mediapipe_lid_points", i64(arrays["mediapipe_lid_points"]))
+        self.register_buffer("mediapipe_lid_lines", i64(arrays["mediapipe_lid_lines"]))
+        self.register_buffer("mediapipe_lid_upper", torch.from_numpy(np.asarray(arrays["mediapipe_lid_upper"], bool)))
+        self.register_buffer("ibug68_lid_upper", torch.from_numpy(np.asarray(arrays["ibug68_lid_upper"], bool)))
         self.register_buffer("mediapipe_vertex_ids", i64(arrays["mediapipe_vertex_ids"]))
         self.register_buffer("mediapipe_weights", f32(arrays["mediapipe_weights"]))
         self.register_buffer("albedo_basis", f32(arrays["albedo_basis"]))  # (face vertices, 40)
@@ -118,13 +124,17 @@ class FaceModel(torch.nn.Module):
         raise ValueError(f"unknown landmark set {kind!r}; expected 'ibug68' or 'mediapipe'")
 
     def contour_landmarks(self, vertices_camera: torch.Tensor, points_2d: torch.Tensor) -> torch.Tensor:
-        """iBUG-68 vertex ids with hidden jaw points (0-16) moved onto the visible outline.
+        """iBUG-68 vertex ids with the jaw and upper-lid points moved onto the visible outlines.
 
         vertices_camera (B, N, 3) camera cm, points_2d (B, N, 2) their projections in pixels.
-        A jaw vertex that faces away from the camera (the side of the face turning away) is
-        replaced by the candidate on its contour line that faces the camera and lies furthest
-        out on its side of the face in the image: the silhouette, where annotators put the jaw
-        line at large yaw. Visible jaw vertices stay. -> (B, 68) long vertex ids.
+        Jaw (0-16): a vertex that faces away from the camera (the side of the face turning away)
+        is replaced by the candidate on its contour line that faces the camera and lies furthest
+        out on its side of the face in the image - the silhouette, where annotators put the jaw
+        line at large yaw; visible jaw vertices stay. Eyelids (37, 38, 40, 41, 43, 44, 46, 47):
+        the camera-facing point of a vertical strip through the lid that is lowest (upper lids)
+        or highest (lower lids) in the image - the lid's visible edge, in front of the eye rim
+        where ICT's lid curls inwards, and following the lid as the eye closes.
+        -> (B, 68) long ids.
         """
         b = points_2d.shape[0]
         lines = self.ibug68_contour_lines.expand(b, -1, -1)  # (B, 17, L)
@@ -141,7 +151,23 @@ class FaceModel(torch.nn.Module):
         ids = self.ibug68.expand(b, -1).clone()
         hidden = facing[:, self.ibug68[:17]] >= 0.25
         ids[:, :17] = torch.where(hidden, outline, ids[:, :17])
+        ids[:, self.ibug68_lid_points] = self.visible_lid_vertices(self.ibug68_lid_lines, self.ibug68_lid_upper,
+                                                                    vertices_camera, points_2d, facing)
         return ids
+
+    def visible_lid_vertices(self, lines: torch.Tensor, upper: torch.Tensor, vertices_camera: torch.Tensor,
+                             points_2d: torch.Tensor, facing: torch.Tensor | None = None) -> torch.Tensor:
+        """The visible edge of the eyelids along lid columns (see :func:`lid_edge`).
+
+        lines (M, L) vertex ids (asset: ``ibug68_lid_lines``, ``mediapipe_lid_lines``), upper (M,)
+        bool, vertices_camera (B, N, 3) cm, points_2d (B, N, 2) px -> (B, M) vertex ids.
+        """
+        if facing is None:
+            view = vertices_camera / vertices_camera.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+            facing = (vertex_normals(vertices_camera, self.faces) * view).sum(-1)
+        corners = points_2d[:, self.ibug68[[36, 45]]]
+        pick = lid_edge(points_2d[:, lines], facing[:, lines], upper, corners)
+        return torch.gather(lines.expand(points_2d.shape[0], -1, -1), 2, pick[..., None])[..., 0]
 
     def region_mask(self, name: str) -> torch.Tensor:
         """(N,) bool: vertices of a region ("forehead", "brow_left", "eye_right", "nose", "mouth",
@@ -158,3 +184,20 @@ def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     face_n = torch.cross(tri[:, :, 1] - tri[:, :, 0], tri[:, :, 2] - tri[:, :, 0], dim=-1)
     normals = torch.zeros_like(vertices).index_add_(1, faces.reshape(-1), face_n.repeat_interleave(3, dim=1))
     return normals / normals.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+
+
+def lid_edge(points_2d: torch.Tensor, facing: torch.Tensor, upper: torch.Tensor,
+             eye_corners: torch.Tensor) -> torch.Tensor:
+    """Where each eyelid column meets the lid's visible edge.
+
+    points_2d (B, M, L, 2) px and facing (B, M, L) (< 0: towards the camera) of M columns of L
+    vertices, upper (M,) bool, eye_corners (B, 2, 2) px of the outer eye corners (right, left).
+    ICT's lid surface runs from the lid skin over the visible edge and curls back to the eye rim,
+    so the edge is the column's camera-facing vertex lowest in the image (upper lids) or highest
+    (lower lids), "down" being perpendicular to the corner-to-corner line. -> (B, M) index in L.
+    """
+    across = eye_corners[:, 1] - eye_corners[:, 0]
+    down = torch.stack([-across[:, 1], across[:, 0]], -1)  # image y grows downwards
+    sign = torch.where(upper, 1.0, -1.0).to(points_2d)[None, :, None]
+    depth = (points_2d * down[:, None, None]).sum(-1) * sign
+    return torch.where(facing < 0, depth, torch.full_like(depth, -float("inf"))).argmax(-1)

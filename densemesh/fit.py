@@ -22,7 +22,7 @@ import torch
 
 from densemesh import camera
 from densemesh.detect import MEDIAPIPE_BLENDSHAPES
-from densemesh.facemodel import vertex_normals
+from densemesh.facemodel import lid_edge, vertex_normals
 
 #: MediaPipe FaceMesh face-oval points (its public FACE_OVAL connection list).
 MEDIAPIPE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400,
@@ -33,7 +33,7 @@ MEDIAPIPE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397
 class FitConfig:
     """Landmark-fit settings (weights are relative to landmark residuals in face-size units)."""
 
-    iterations: int = 8
+    iterations: int = 6
     landmark_sigma: float = 0.03       # expected landmark error, fraction of the face size
     oval_weight: float = 0.5           # weight of MediaPipe's face-oval points
     identity_sigma: float = 1.0        # identity prior N(0, sigma)
@@ -72,6 +72,12 @@ def mediapipe_expression_prior(scores: np.ndarray, expression_names: list[str]) 
     return out
 
 
+def _apply_basis(basis: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
+    """basis (B, K, 3, P), coeffs (B, P) -> (B, K, 3) offsets (one matrix product per face)."""
+    b, k, c, p = basis.shape
+    return (basis.reshape(b, k * c, p) @ coeffs[..., None]).view(b, k, c)
+
+
 def _skew(v: torch.Tensor) -> torch.Tensor:
     """(..., 3) -> (..., 3, 3) cross-product matrices."""
     z = torch.zeros_like(v[..., 0])
@@ -91,6 +97,16 @@ class LandmarkFitter:
         self.mean_k = at(model.mean)  # (K, 3)
         shape_basis = torch.cat([model.identity_basis, model.expression_basis])  # (P, N, 3)
         self.basis_k = at(shape_basis).permute(1, 2, 0).contiguous()  # (K, 3, P)
+        self.vertex_basis = shape_basis.permute(1, 2, 0).contiguous()  # (N, 3, P)
+        # the lid columns' neighbourhood (their vertices, every face touching them, the outer eye
+        # corners): enough to slide the lid points without decoding the whole face
+        lines = model.mediapipe_lid_lines
+        touching = torch.isin(model.faces, lines.flatten()).any(1)
+        sub = torch.unique(torch.cat([model.faces[touching].flatten(), model.ibug68[[36, 45]]]))
+        local = torch.full((model.num_vertices,), -1, dtype=torch.long, device=sub.device)
+        local[sub] = torch.arange(len(sub), device=sub.device)
+        self._lid_vertices, self._lid_faces = sub, local[model.faces[touching]]
+        self._lid_lines, self._lid_corners = local[lines], local[model.ibug68[[36, 45]]]
         weights = torch.ones(len(ids))
         weights[list(MEDIAPIPE_OVAL)] = self.config.oval_weight
         self.point_weights = weights.to(self.mean_k)
@@ -105,7 +121,7 @@ class LandmarkFitter:
         b = landmarks.shape[0]
         dev = self.mean_k
         landmarks = landmarks[:, : dev.shape[0], :2].to(dev)
-        points = self._points(torch.zeros(b, self.model.num_identity).to(dev), expression.to(dev))
+        points = self.points(torch.zeros(b, self.model.num_identity).to(dev), expression.to(dev))
         turned = points @ (camera.MODEL_TO_CAMERA.to(dev) @ rotations).transpose(1, 2)  # (B, K, 3)
         xy = turned[..., :2]
         w = self.point_weights[None, :, None]
@@ -121,40 +137,63 @@ class LandmarkFitter:
         return FitState(rotations.to(dev).clone(), translation, torch.zeros(b, self.model.num_identity).to(dev),
                         expression.to(dev).clone(), focal, principal)
 
-    def _points(self, identity: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:
-        """(B, 100), (B, 53) -> (B, K, 3) model-space landmark points."""
-        coeffs = torch.cat([identity, expression], 1)
-        return self.mean_k + torch.einsum("kcp,bp->bkc", self.basis_k, coeffs)
+    def slide_lids(self, state: FitState) -> torch.Tensor:
+        """(B, M) vertex ids where MediaPipe's M eyelid-contour points meet the posed model: the
+        visible lid edge (:func:`densemesh.facemodel.lid_edge`), not a fixed surface point."""
+        sub = self._lid_vertices
+        coeffs = torch.cat([state.identity, state.expression], 1)
+        verts = self.model.mean[sub] + torch.einsum("ncp,bp->bnc", self.vertex_basis[sub], coeffs)
+        cam = camera.model_to_camera(verts, state.rotation, state.translation)
+        uv = camera.project(cam, state.focal, state.principal)
+        facing = (vertex_normals(cam, self._lid_faces) * cam / cam.norm(dim=-1, keepdim=True)).sum(-1)
+        lines = self._lid_lines
+        pick = lid_edge(uv[:, lines], facing[:, lines], self.model.mediapipe_lid_upper, uv[:, self._lid_corners])
+        return sub[torch.gather(lines.expand(len(uv), -1, -1), 2, pick[..., None])[..., 0]]
+
+    def _basis(self, lid_ids: torch.Tensor | None, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean points (B, K, 3) and basis rows (B, K, 3, P) of the K MediaPipe points, the lid
+        points at ``lid_ids`` (B, M) when given, else at their fixed surface points."""
+        mean = self.mean_k.expand(batch, -1, -1)
+        basis = self.basis_k.expand(batch, -1, -1, -1)
+        if lid_ids is None:
+            return mean, basis
+        mean, basis = mean.clone(), basis.clone()
+        rows = self.model.mediapipe_lid_points
+        mean[:, rows] = self.model.mean[lid_ids]
+        basis[:, rows] = self.vertex_basis[lid_ids]
+        return mean, basis
+
+    def points(self, identity: torch.Tensor, expression: torch.Tensor,
+               lid_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 100), (B, 53)[, lid vertex ids (B, M)] -> (B, K, 3) model-space MediaPipe points."""
+        mean, basis = self._basis(lid_ids, identity.shape[0])
+        return mean + _apply_basis(basis, torch.cat([identity, expression], 1))
 
     def _residuals(self, state: FitState, target: torch.Tensor, size: torch.Tensor,
-                   prior_expression: torch.Tensor, with_jacobian: bool):
-        """Stacked weighted residuals (B, R) and, if asked, their Jacobian (B, R, 6 + P)."""
+                   prior_expression: torch.Tensor, lid_ids: torch.Tensor, with_jacobian: bool):
+        """Weighted landmark residuals (B, 2K), prior residuals (B, P) and, if asked, the
+        landmark Jacobian (B, 2K, 6 + P) (the priors' Jacobian is diagonal: 1 / sigma)."""
         cfg = self.config
-        x_model = self._points(state.identity, state.expression)
+        mean, basis = self._basis(lid_ids, state.identity.shape[0])
+        x_model = mean + _apply_basis(basis, torch.cat([state.identity, state.expression], 1))
         rc = camera.MODEL_TO_CAMERA.to(x_model) @ state.rotation
         xc = x_model @ rc.transpose(1, 2) + state.translation[:, None]
         z = xc[..., 2].clamp(min=1e-3)
         uv = state.focal[:, None, None] * xc[..., :2] / z[..., None] + state.principal[:, None]
         scale = self.point_weights.sqrt()[None, :, None] / (cfg.landmark_sigma * size[:, None, None])
         r_lm = ((uv - target) * scale).flatten(1)  # (B, 2K)
-        r_id = state.identity / cfg.identity_sigma
-        r_ex = (state.expression - prior_expression) / cfg.expression_sigma
-        residual = torch.cat([r_lm, r_id, r_ex], 1)
+        r_prior = torch.cat([state.identity / cfg.identity_sigma,
+                             (state.expression - prior_expression) / cfg.expression_sigma], 1)
         if not with_jacobian:
-            return residual, None
+            return r_lm, r_prior, None
         f_z = (state.focal[:, None] / z)  # (B, K)
         zero = torch.zeros_like(z)
         dproj = torch.stack([torch.stack([f_z, zero, -f_z * xc[..., 0] / z], -1),
                              torch.stack([zero, f_z, -f_z * xc[..., 1] / z], -1)], -2)  # (B, K, 2, 3)
         d_rot = dproj @ -_skew(xc - state.translation[:, None])
-        d_shape = torch.einsum("bkij,bjl,klp->bkip", dproj, rc, self.basis_k)
+        d_shape = ((dproj @ rc[:, None])[..., None] * basis[:, :, None]).sum(3)  # (B, K, 2, P)
         j_lm = torch.cat([d_rot, dproj, d_shape], -1) * scale[..., None]  # (B, K, 2, 6 + P)
-        b, p = residual.shape[0], d_shape.shape[-1]
-        n_id = self.model.num_identity
-        j_prior = torch.zeros(b, p, 6 + p).to(j_lm)
-        j_prior[:, :n_id, 6:6 + n_id] = torch.eye(n_id).to(j_lm) / cfg.identity_sigma
-        j_prior[:, n_id:, 6 + n_id:] = torch.eye(p - n_id).to(j_lm) / cfg.expression_sigma
-        return residual, torch.cat([j_lm.flatten(1, 2), j_prior], 1)
+        return r_lm, r_prior, j_lm.flatten(1, 2)
 
     def _apply(self, state: FitState, delta: torch.Tensor) -> FitState:
         flip = camera.MODEL_TO_CAMERA.to(delta)
@@ -167,19 +206,24 @@ class LandmarkFitter:
 
     def fit(self, landmarks: torch.Tensor, state: FitState, prior_expression: torch.Tensor,
             iterations: int | None = None) -> FitState:
-        """Levenberg-Marquardt. landmarks (B, 468, 2) px; returns the fitted state (with cost)."""
+        """Levenberg-Marquardt; the lid correspondences slide with every step (ICP-style).
+        landmarks (B, 468, 2) px; returns the fitted state (with cost)."""
         target = landmarks[:, : self.mean_k.shape[0], :2].to(self.mean_k)
         lo, hi = target.min(1).values, target.max(1).values
         size = ((hi - lo).prod(1)).sqrt()  # face size, px
         prior = prior_expression.to(self.mean_k)
         damping = torch.full((target.shape[0],), 1e-3).to(target)
-        res, jac = self._residuals(state, target, size, prior, True)
-        cost = (res ** 2).sum(1)
         n_exp = state.expression.shape[1]
+        n_id = self.model.num_identity
+        inv_sigma = torch.cat([torch.zeros(6), torch.full((n_id,), 1 / self.config.identity_sigma),
+                               torch.full((n_exp,), 1 / self.config.expression_sigma)]).to(target)
         for _ in range(self.config.iterations if iterations is None else iterations):
+            lids = self.slide_lids(state)
+            r_lm, r_prior, jac = self._residuals(state, target, size, prior, lids, True)
+            cost = (r_lm ** 2).sum(1) + (r_prior ** 2).sum(1)
             jt = jac.transpose(1, 2)
-            h = jt @ jac
-            grad = (jt @ res[..., None])[..., 0]
+            h = jt @ jac + torch.diag_embed(inv_sigma ** 2).expand(len(jac), -1, -1)
+            grad = (jt @ r_lm[..., None])[..., 0] + torch.nn.functional.pad(r_prior, (6, 0)) * inv_sigma
             # active set: expression weights at a bound that the gradient pushes further out stay put
             g_exp = grad[:, -n_exp:]
             frozen = ((state.expression <= 0) & (g_exp > 0)) | ((state.expression >= 1) & (g_exp < 0))
@@ -189,17 +233,17 @@ class LandmarkFitter:
             h = h + damping[:, None, None] * torch.diag_embed(h.diagonal(dim1=1, dim2=2) + 1e-6)
             delta = -torch.linalg.solve(h, grad[..., None])[..., 0]
             trial = self._apply(state, delta)
-            res_t, jac_t = self._residuals(trial, target, size, prior, True)
-            cost_t = (res_t ** 2).sum(1)
-            better = cost_t < cost
+            r_lm_t, r_prior_t, _ = self._residuals(trial, target, size, prior, lids, False)
+            better = (r_lm_t ** 2).sum(1) + (r_prior_t ** 2).sum(1) < cost
             keep = lambda new, old: torch.where(better.view(-1, *[1] * (new.dim() - 1)), new, old)  # noqa: E731
             state = FitState(*(keep(n, o) for n, o in zip(
                 (trial.rotation, trial.translation, trial.identity, trial.expression),
                 (state.rotation, state.translation, state.identity, state.expression))),
                 state.focal, state.principal)
-            res, jac, cost = keep(res_t, res), keep(jac_t, jac), keep(cost_t, cost)
             damping = torch.where(better, damping * 0.3, damping * 10.0).clamp(1e-6, 1e4)
-        state.cost = cost / target.shape[1]
+        r_lm, r_prior, _ = self._residuals(state, target, size, prior, self.slide_lids(state), False)
+        res = torch.cat([r_lm, r_prior], 1)
+        state.cost = (res ** 2).sum(1) / target.shape[1]
         return state
 
 
@@ -259,6 +303,7 @@ def refine(fitter: LandmarkFitter, image: np.ndarray, state: FitState, landmarks
     face_size = (lm_target.max(1).values - lm_target.min(1).values).prod(1).sqrt()
     lm_scale = fitter.point_weights.sqrt()[None, :, None] / (cfg.landmark_sigma * face_size[:, None, None])
     n_res = 2 * fitter.mean_k.shape[0]
+    lid_ids = fitter.slide_lids(state)  # held for the refinement: lids barely move in it
 
     a0 = render.sh_basis(torch.tensor([0.0, 0.0, 1.0]))[0].item()
     params = {"rot": torch.zeros(b, 3), "trans": torch.zeros(b, 3), "identity": state.identity.clone(),
@@ -288,7 +333,8 @@ def refine(fitter: LandmarkFitter, image: np.ndarray, state: FitState, landmarks
         mask = (pixels[..., 3] > 0.5).float()
         err = ((pixels[..., :3] - target) ** 2 + 1e-4).sum(-1).sqrt()  # robust (Charbonnier)
         photo = (err * mask).sum((1, 2)) / mask.sum((1, 2)).clamp(min=1)
-        pts = camera.model_to_camera(fitter._points(params["identity"], params["expression"]), rotation, translation)
+        pts = camera.model_to_camera(fitter.points(params["identity"], params["expression"], lid_ids),
+                                     rotation, translation)
         lm_cost = (((camera.project(pts, state.focal, state.principal) - lm_target) * lm_scale) ** 2).sum((1, 2))
         prior = ((params["identity"] / cfg.identity_sigma) ** 2).sum(1) \
             + (((params["expression"] - state.expression) / config.expression_sigma) ** 2).sum(1) \

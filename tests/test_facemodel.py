@@ -89,16 +89,44 @@ def test_jaw_open_lowers_the_chin(face_model):
     assert torch.allclose(open_[27], rest[27], atol=0.05)  # the nose bridge stays
 
 
+def _frontal_landmarks(model, **weights):
+    """68 landmarks (2D px) of a frontal face at 60 cm, lids and jaw on the visible outline."""
+    from densemesh.camera import model_to_camera, project
+
+    cam = model_to_camera(model.decode(expression=model.expression_vector(weights)), torch.eye(3)[None],
+                          torch.tensor([[0.0, 0.0, 60.0]]))
+    uv = project(cam, torch.tensor([2000.0]), torch.zeros(1, 2))
+    return uv[0, model.contour_landmarks(cam, uv)[0]]
+
+
 @pytest.mark.parametrize("side,lids,other", [("L", [(43, 47), (44, 46)], [(37, 41), (38, 40)]),
                                              ("R", [(37, 41), (38, 40)], [(43, 47), (44, 46)])])
 def test_blink_closes_its_own_lids(face_model, side, lids, other):
-    rest, blink = _landmarks(face_model), _landmarks(face_model, **{f"eyeBlink_{side}": 1.0})
-    opening = lambda lm, pairs: sum(float(lm[u, 1] - lm[d, 1]) for u, d in pairs)  # noqa: E731
-    assert opening(blink, lids) < 0.3 * opening(rest, lids)
+    rest, blink = _frontal_landmarks(face_model), _frontal_landmarks(face_model, **{f"eyeBlink_{side}": 1.0})
+    opening = lambda lm, pairs: sum(float(lm[d, 1] - lm[u, 1]) for u, d in pairs)  # noqa: E731  px, y down
+    assert opening(rest, lids) > 40  # open eyes, about 1 cm at 2000 px / 60 cm
+    assert opening(blink, lids) < 0.2 * opening(rest, lids)
     assert abs(opening(blink, other) - opening(rest, other)) < 0.05 * opening(rest, other)
-    # subject's left is +X in model space
-    eye_x = float(rest[[u for u, _ in lids], 0].mean())
-    assert (eye_x > 0) == (side == "L")
+    # the subject's left eye is on the image's right
+    assert (rest[lids[0][0], 0] > rest[other[0][0], 0]) == (side == "L")
+
+
+def test_the_visible_eye_opening_closes_in_a_blink(face_model):
+    from densemesh import camera, render
+
+    f, c = torch.tensor([2000.0]), torch.tensor([[255.5, 255.5]])
+    rest = camera.project(camera.model_to_camera(face_model.mean[None], torch.eye(3)[None],
+                                                 torch.tensor([[0.0, 0.0, 60.0]])), f, c)[0]
+    x0, y0 = rest[face_model.ibug68[42:48]].min(0).values.long().tolist()  # the subject's left eye
+    x1, y1 = rest[face_model.ibug68[42:48]].max(0).values.long().tolist()
+
+    def hole_pixels(**weights):
+        cam = camera.model_to_camera(face_model.decode(expression=face_model.expression_vector(weights)),
+                                     torch.eye(3)[None], torch.tensor([[0.0, 0.0, 60.0]]))
+        ras = render.rasterize(cam, face_model.faces, f, c, (512, 512))
+        return (ras.pix_to_face[0, y0:y1 + 1, x0:x1 + 1] < 0).sum().item()
+
+    assert hole_pixels(eyeBlink_L=1.0) < 0.1 * hole_pixels() and hole_pixels() > 1000
 
 
 def test_smile_and_brows_move_their_landmarks(face_model):
@@ -158,7 +186,9 @@ def test_contour_moves_hidden_jaw_points_onto_the_outline(face_model):
                               torch.tensor([[0.0, 0.0, 60.0]]))
         return cam, project(cam, torch.tensor([1000.0]), torch.zeros(1, 2))
 
-    assert torch.equal(face_model.contour_landmarks(*posed(0.0))[0], face_model.ibug68)
+    frontal = face_model.contour_landmarks(*posed(0.0))[0]
+    fixed = [k for k in range(68) if k not in face_model.ibug68_lid_points.tolist()]
+    assert torch.equal(frontal[fixed], face_model.ibug68[fixed])  # only the lids move to their edge
     ids = face_model.contour_landmarks(*posed(70.0))[0]
     # yaw > 0 turns the face to its left: the left jaw line (9-16) turns away and its points move
     # forward round the cheek to the silhouette; the right side (0-7) faces the camera and stays
@@ -175,12 +205,24 @@ def test_mediapipe_correspondence_lands_on_matching_features(face_model):
     assert int(face_model.mediapipe_vertex_ids.max()) < face_model.num_vertices
     mp = face_model.landmarks(face_model.mean[None], "mediapipe")[0]
     ib = face_model.landmarks(face_model.mean[None])[0]
-    # MediaPipe FaceMesh ids of features with an iBUG counterpart: eye corners, mouth corners, chin
-    for mp_id, ibug_id, tol_cm in [(33, 36, 0.4), (263, 45, 0.4), (133, 39, 0.5), (362, 42, 0.5),
-                                   (61, 48, 0.5), (291, 54, 0.5), (152, 8, 0.6), (2, 33, 0.5)]:
+    # MediaPipe FaceMesh ids of features with an ICT iBUG counterpart: chin, subnasale, lips' middles
+    for mp_id, ibug_id, tol_cm in [(152, 8, 0.6), (2, 33, 0.4), (0, 51, 0.4), (17, 57, 0.3), (168, 27, 0.4)]:
         assert (mp[mp_id] - ib[ibug_id]).norm() < tol_cm, (mp_id, ibug_id)
     # the canonical mesh is symmetric: x of MediaPipe's mirror pair 33/263 must mirror too
     assert abs(float(mp[33, 0] + mp[263, 0])) < 0.1
+
+
+def test_eye_landmarks_lie_on_the_lid_margins(face_model):
+    import trimesh
+
+    mesh = trimesh.Trimesh(face_model.mean.numpy(), face_model.faces.numpy(), process=False)
+    edges, counts = np.unique(np.sort(mesh.edges, axis=1), axis=0, return_counts=True)
+    rim = set(edges[counts == 1].ravel().tolist())
+    eye_ids = face_model.ibug68[36:48].tolist()
+    assert all(v in rim for v in eye_ids)
+    # and they sit on the eye holes, not on the outer rim or the mouth
+    for v, k in zip(eye_ids, range(36, 48)):
+        assert face_model.region_labels[v] == face_model.region_names.index("eye_right" if k < 42 else "eye_left")
 
 
 def test_regions_cover_the_face(face_model):

@@ -12,7 +12,7 @@ from PIL import Image
 from skimage import data
 
 import densemesh
-from densemesh.fit import FitConfig, LandmarkFitter
+from densemesh.fit import FitConfig, FitState, LandmarkFitter
 from densemesh import camera, render
 
 
@@ -68,13 +68,16 @@ def test_landmark_fit_recovers_a_synthetic_face(face_model):
     trans = torch.tensor([[2.0, -1.0, 50.0]])
     focal, principal = torch.tensor([900.0]), torch.tensor([[320.0, 240.0]])
     fitter = LandmarkFitter(face_model, FitConfig(iterations=15, camera_distance_cm=50.0))
-    points = camera.project(camera.model_to_camera(fitter._points(ident, expr), rot, trans), focal, principal)
+    truth = FitState(rot, trans, ident, expr, focal, principal)
+    points = camera.project(camera.model_to_camera(fitter.points(ident, expr, fitter.slide_lids(truth)), rot, trans),
+                            focal, principal)
     guess = camera.euler_to_matrix(torch.tensor([[10.0, 0.0, 0.0]]))
     state = fitter.initial_state(points, guess, torch.zeros(1, 53), (480, 640))
     state = fitter.fit(points, state, torch.zeros(1, 53))
     err = camera.matrix_to_euler(state.rotation) - camera.matrix_to_euler(rot)
     assert err.abs().max() < 3.0
-    fitted = camera.project(camera.model_to_camera(fitter._points(state.identity, state.expression),
+    fitted = camera.project(camera.model_to_camera(fitter.points(state.identity, state.expression,
+                                                                 fitter.slide_lids(state)),
                                                    state.rotation, state.translation), state.focal, state.principal)
     assert (fitted - points).norm(dim=-1).mean() < 1.0  # px, on a ~250 px face
     names = face_model.expression_names

@@ -17,7 +17,8 @@ What it makes (every length in centimetres, ICT model space):
 * mean shape (float32), 100 identity modes and 53 expression offsets
   (float16, offsets from the neutral);
 * UVs (ICT layout, per triangle corner) for both topologies, per-vertex region
-  labels, a smooth albedo basis (the face mesh's 40 lowest Laplacian eigenvectors), the 68 iBUG landmark vertices with jaw-contour candidate lines, and
+  labels, a smooth albedo basis (the face mesh's 40 lowest Laplacian eigenvectors),
+  candidate lines along which the jaw and eyelid landmarks slide to the visible outlines, the 68 iBUG landmark vertices with jaw-contour candidate lines, and
   the MediaPipe-468 -> face-surface correspondence (three vertices and
   barycentric weights per point), registered by fitting ICT's identity modes
   to MediaPipe's canonical mesh.
@@ -69,9 +70,15 @@ MP_EYE_RIMS = {  # (eye, lid) -> MediaPipe indices on that lid margin, corner to
     ("right", "corner"): [33, 133],
     ("left", "corner"): [263, 362],
 }
-# MediaPipe's upper eyebrow contour, outer to inner (right brow), inner to outer (left brow):
-# the iBUG brow points 17-26 lie on the brow's upper edge, ICT's own vertices about 5 mm higher
-MP_UPPER_BROWS = (70, 63, 105, 66, 107, 336, 296, 334, 293, 300)
+# iBUG points that densemesh places at MediaPipe points rather than at ICT's own vertices,
+# because ICT's choice follows another convention: the brows (17-26) lie on the brow's upper edge
+# (ICT: about 5 mm higher, MediaPipe's upper brow contour), the eye points (36-47) on the lid
+# margin, the edge of the eye opening (ICT: 1-3 mm out on the lid skin, MediaPipe's lid contour,
+# which the registration puts on ICT's eye rims), the mouth corners (48, 54) at the commissures
+# (ICT: about 3.5 mm further out on the cheek).
+IBUG_FROM_MEDIAPIPE = {17: 70, 18: 63, 19: 105, 20: 66, 21: 107, 22: 336, 23: 296, 24: 334, 25: 293, 26: 300,
+                       36: 33, 37: 160, 38: 158, 39: 133, 40: 153, 41: 144,
+                       42: 362, 43: 385, 44: 387, 45: 263, 46: 373, 47: 380, 48: 61, 54: 291}
 MP_INNER_LIPS = {
     "upper": [191, 80, 81, 82, 13, 312, 311, 310, 415],
     "lower": [95, 88, 178, 87, 14, 317, 402, 318, 324],
@@ -261,6 +268,40 @@ def contour_lines(mean, ibug, labels, n_face, per_line=16, spread=(45.0, 30.0)):
         lines[k] = [cand[np.abs(ang - t).argmin()] for t in targets]
         lines[k, np.abs(targets - a0).argmin()] = ibug[k]  # the landmark itself is a candidate
     return lines
+
+
+LID_POINTS = (37, 38, 40, 41, 43, 44, 46, 47)  # iBUG eyelid points
+
+
+def lid_lines(mean, points, face_tris, n_face, per_line=8):
+    """Eyelid columns: for each point (M, 3) on a lid (mean shape), a path of vertices from the
+    eye-rim vertex nearest it across the lid's rings (each step to the next ring out from the rim,
+    keeping the start's angle round the eye's centre). ICT's lid surface runs from the lid skin
+    over the visible lid edge and curls back to the eye rim, and it slides down as the eye
+    closes, so the visible lid margin is the column's lowest (upper lid) / highest (lower lid)
+    camera-facing vertex, found at run time. -> (M, per_line) vertex ids, (M,) bool upper lid."""
+    adj = defaultdict(set)
+    for a, b in edges_of(face_tris):
+        adj[int(a)].add(int(b))
+        adj[int(b)].add(int(a))
+    rims = boundary_loops(face_tris)[2:4]
+    lines = np.zeros((len(points), per_line), np.int64)
+    upper = np.zeros(len(points), bool)
+    for i, p in enumerate(points):
+        rim = min(rims, key=lambda l: np.linalg.norm(mean[l].mean(0) - p))
+        ring = ring_distance(face_tris, n_face, rim)
+        center = mean[rim, :2].mean(0)
+        angle = lambda v: np.arctan2(*(mean[v, 1::-1] - center[::-1]))  # noqa: E731
+        start = rim[int(np.linalg.norm(mean[rim] - p, axis=1).argmin())]
+        upper[i] = mean[start, 1] > center[1]
+        path = [start]
+        while len(path) < per_line:
+            cur = path[-1]
+            out = [w for w in adj[cur] if ring[w] == ring[cur] + 1] or \
+                [w for w in adj[cur] if ring[w] >= ring[cur] and w not in path]
+            path.append(min(out, key=lambda w: abs(np.angle(np.exp(1j * (angle(w) - angle(start)))))))
+        lines[i] = path
+    return lines, upper
 
 
 def region_labels(mean, ibug, n_face):
@@ -493,11 +534,17 @@ def main(argv=None):
     albedo_basis = laplacian_basis(face_tris, n_face, ALBEDO_MODES)
     mp_verts, _ = read_canonical_mesh(args.mediapipe_mesh)
     mp_ids, mp_w, mp_stats = register_mediapipe(mp_verts, mean, id_basis, face_tris, n_face, ibug)
-    # iBUG brows: the face vertices nearest MediaPipe's upper brow contour on the mean face
-    brow_points = np.einsum("pj,pjc->pc", mp_w[list(MP_UPPER_BROWS)], mean[mp_ids[list(MP_UPPER_BROWS)]])
-    brow_shift_mm = 10 * np.linalg.norm(mean[ibug[17:27]] - brow_points, axis=1).mean()
+    # iBUG brows and eyes: the face vertices nearest their MediaPipe points on the mean face
+    moved = list(IBUG_FROM_MEDIAPIPE)
+    mp_at = list(IBUG_FROM_MEDIAPIPE.values())
+    points = np.einsum("pj,pjc->pc", mp_w[mp_at], mean[mp_ids[mp_at]])
+    shift_mm = 10 * np.linalg.norm(mean[ibug[moved]] - points, axis=1)
     ibug = ibug.copy()
-    ibug[17:27] = [np.linalg.norm(mean[:n_face] - p, axis=1).argmin() for p in brow_points]
+    ibug[moved] = [np.linalg.norm(mean[:n_face] - p, axis=1).argmin() for p in points]
+    ibug_lids, ibug_lid_upper = lid_lines(mean, mean[ibug[list(LID_POINTS)]], face_tris, n_face)
+    mp_lid_ids = np.array(sorted({i for (eye, lid), ids in MP_EYE_RIMS.items() if lid != "corner" for i in ids}))
+    mp_lid_points = np.einsum("pj,pjc->pc", mp_w[mp_lid_ids], mean[mp_ids[mp_lid_ids]])
+    mp_lids, mp_lid_upper = lid_lines(mean, mp_lid_points, face_tris, n_face)
 
     arrays = {
         "mean": mean32,
@@ -514,6 +561,12 @@ def main(argv=None):
         "ict_vertex_ids": head_vertices.astype(np.int32),
         "ibug68": ibug.astype(np.int32),
         "ibug68_contour_lines": lines.astype(np.int32),
+        "ibug68_lid_lines": ibug_lids.astype(np.int32),
+        "ibug68_lid_points": np.asarray(LID_POINTS, np.int32),
+        "ibug68_lid_upper": ibug_lid_upper,
+        "mediapipe_lid_points": mp_lid_ids.astype(np.int32),
+        "mediapipe_lid_lines": mp_lids.astype(np.int32),
+        "mediapipe_lid_upper": mp_lid_upper,
         "region_names": np.asarray(REGION_NAMES),
         "region_labels": labels.astype(np.int8),
         "albedo_basis": albedo_basis.astype(np.float16),
@@ -532,7 +585,8 @@ def main(argv=None):
     print(f"uvs           : face {len(face_uv)}, head {len(head_uv)}")
     print(f"float16 error : {f16_err_mm:.4f} mm max (bases); mean shape float32 error {mean_err_mm:.5f} mm")
     print("mediapipe     : " + ", ".join(f"{k} {v:.2f}" for k, v in mp_stats.items()))
-    print(f"ibug brows    : moved {brow_shift_mm:.1f} mm (mean) onto MediaPipe's upper brow contour")
+    print(f"ibug moved    : brows {shift_mm[:10].mean():.1f} mm, eyes {shift_mm[10:22].mean():.1f} mm, "
+          f"mouth corners {shift_mm[22:].mean():.1f} mm (mean) onto MediaPipe's points")
     print("regions       : " + ", ".join(f"{n} {(labels == i).sum()}" for i, n in enumerate(REGION_NAMES)))
     print(f"asset         : {args.out / 'face_model.npz'} {size / 1e6:.2f} MB sha256 {digest}")
 
