@@ -42,7 +42,7 @@ def _formats(text: str) -> tuple[str, ...]:
     from densemesh.export import FACE_FORMATS
 
     chosen = tuple(f.strip().lower() for f in text.split(",") if f.strip())
-    bad = [f for f in chosen if f not in FACE_FORMATS]
+    bad = [f for f in chosen if f not in (*FACE_FORMATS, "none")]
     if bad or not chosen:
         raise UsageError(f"--format: unknown format {bad[0] if bad else text!r}; choose from {','.join(FACE_FORMATS)}")
     return chosen
@@ -54,20 +54,30 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     rec = sub.add_parser("reconstruct", help="reconstruct every face in a photo, a folder of photos or a video",
-                         description="Writes, per face, face_NN/ with mesh.obj (+ texture), mesh.ply, result.npz "
-                                     "and landmarks.json, plus overlay.png and summary.json per image. "
-                                     "No face found is not an error (exit 0, empty summary).")
+                         description="Photos: writes per face face_NN/ with mesh.obj (+ texture), mesh.ply, "
+                                     "result.npz and landmarks.json, plus overlay.png and summary.json per image. "
+                                     "Videos (.mp4 .mov .avi .mkv .webm .m4v): per tracked face track_NN/ with "
+                                     "frames/, vertices.npy, landmarks.npz, coefficients.csv, arkit.csv and "
+                                     "animation.glb, plus summary.json. No face found is not an error (exit 0).")
     rec.add_argument("input", type=Path, help="image, folder of images, or video file")
     rec.add_argument("--out", type=Path, required=True, help="output folder")
-    rec.add_argument("--format", default="obj,ply,npz,json", type=_formats,
-                     help="comma-separated subset of obj,ply,npz,json (default: all)")
-    rec.add_argument("--refine", default="fast", choices=["none", "fast", "full"],
-                     help="photometric refinement: none (landmark fit only), fast (default), full")
+    rec.add_argument("--format", default=None, type=_formats,
+                     help="photos: comma-separated subset of obj,ply,npz,json (default: all); "
+                          "videos: obj, ply or none, the per-frame mesh files (default: obj)")
+    rec.add_argument("--refine", default=None, choices=["none", "fast", "full"],
+                     help="photometric refinement: none (landmark fit only), fast, full "
+                          "(default: fast for photos, none for videos)")
     rec.add_argument("--device", default="auto", help="auto (GPU if there is one), cpu or cuda")
     rec.add_argument("--max-faces", type=int, default=8, metavar="N", help="most faces per image (default 8)")
     rec.add_argument("--space", default="model", choices=["model", "camera"],
                      help="mesh files in frontal model space (default) or posed camera space; both cm")
-    rec.add_argument("--no-overlay", action="store_true", help="skip overlay.png")
+    rec.add_argument("--no-overlay", action="store_true", help="photos: skip overlay.png")
+    rec.add_argument("--overlay", action="store_true", help="videos: also write overlay.mp4")
+    rec.add_argument("--smooth", type=float, default=1.0, metavar="S",
+                     help="videos: temporal smoothing strength (One-Euro filter, no look-ahead); "
+                          "0 = off, 1 = default, larger = smoother")
+    rec.add_argument("--resume", action="store_true",
+                     help="videos: continue an interrupted run in --out from where it stopped")
 
     model = sub.add_parser("model", help="inspect or export the face model")
     msub = model.add_subparsers(dest="model_command", metavar="ACTION", parser_class=_Parser)
@@ -127,11 +137,9 @@ def cmd_model_export(args) -> int:
     return 0
 
 
-VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
-
-
 def cmd_reconstruct(args) -> int:
     from densemesh.image import IMAGE_SUFFIXES, ImageError, load_image
+    from densemesh.video import VIDEO_SUFFIXES
 
     if not args.input.exists():
         raise UsageError(f"input not found: {args.input}")
@@ -140,7 +148,13 @@ def cmd_reconstruct(args) -> int:
     if args.max_faces < 1:
         raise UsageError("--max-faces must be at least 1")
     if args.input.suffix.lower() in VIDEO_SUFFIXES:
-        raise UsageError(f"video input is not supported yet: {args.input}")
+        return _reconstruct_video(args)
+    if args.resume:
+        raise UsageError("--resume applies to videos only")
+    args.format = args.format or ("obj", "ply", "npz", "json")
+    if "none" in args.format:
+        raise UsageError("--format none applies to videos only")
+    args.refine = args.refine or "fast"
     if args.input.is_dir():
         images = sorted(p for p in args.input.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not images:
@@ -151,8 +165,7 @@ def cmd_reconstruct(args) -> int:
             first = load_image(args.input)
         except ImageError as err:
             raise UsageError(str(err)) from None
-    rec = _reconstructor(args)
-    with rec:
+    with _reconstructor(args, texture="obj" in args.format) as rec:
         if not args.input.is_dir():
             summary = _reconstruct_image(rec, args.input, first, args.out, args)
             for path in summary.pop("written"):
@@ -183,14 +196,61 @@ def cmd_reconstruct(args) -> int:
         return 2 if failed else 0
 
 
-def _reconstructor(args):
+def _reconstructor(args, texture: bool):
     from densemesh.pipeline import Reconstructor
 
     try:
-        return Reconstructor(device=args.device, refine=args.refine, max_faces=args.max_faces,
-                             texture="obj" in args.format)
+        return Reconstructor(device=args.device, refine=args.refine, max_faces=args.max_faces, texture=texture)
     except (ValueError, RuntimeError) as err:
         raise UsageError(str(err)) from None
+
+
+def _reconstruct_video(args) -> int:
+    from tqdm import tqdm
+
+    from densemesh.image import ImageError
+    from densemesh.video import VideoError, VideoOptions, VideoReader, VideoReconstructor
+
+    formats = args.format or ("obj",)
+    if len(formats) != 1 or formats[0] not in ("obj", "ply", "none"):
+        raise UsageError("--format for a video is one of obj, ply or none (the per-frame mesh files)")
+    if args.smooth < 0 or not math.isfinite(args.smooth):
+        raise UsageError("--smooth must be a number >= 0")
+    args.refine = args.refine or "none"
+    options = VideoOptions(mesh_format=None if formats[0] == "none" else formats[0], space=args.space,
+                           smooth=args.smooth, overlay=args.overlay)
+    try:  # open it before anything is loaded or written
+        VideoReader(args.input).close()
+    except (VideoError, ImageError) as err:
+        raise UsageError(str(err)) from None
+    bars = []
+
+    def progress(index, total):
+        if not bars:
+            bars.append(tqdm(desc=args.input.name, total=total, unit="frame", file=sys.stderr, dynamic_ncols=True))
+        bars[0].total = max(total, index + 1)
+        bars[0].update(index + 1 - bars[0].n)
+
+    with _reconstructor(args, texture=False) as rec:
+        try:
+            summary = VideoReconstructor(rec, options, args.max_faces).run(args.input, args.out, args.resume, progress)
+        except KeyboardInterrupt as stop:
+            print(f"\ndensemesh: interrupted ({stop}); finished frames are valid, continue with --resume",
+                  file=sys.stderr)
+            return 130
+        finally:
+            for bar in bars:
+                bar.close()
+    if summary["decode_error"]:
+        print(f"densemesh: warning: {args.input}: {summary['decode_error']}", file=sys.stderr)
+    tracks = summary["tracks"]
+    if not tracks:
+        print(f"no face found in {args.input}")
+    for t in tracks:
+        folder = args.out / f"track_{t['id']:02d}"
+        print(f"{folder}: {t['frames']} frames")
+    print(f"{summary['frames_processed']} frames at {summary['fps_processed']:.1f} frames/s -> {args.out / 'summary.json'}")
+    return 0
 
 
 def _reconstruct_image(rec, path: Path, image, out: Path, args) -> dict:

@@ -46,14 +46,15 @@ class Detection:
     0-467 are the FaceMesh points, 468-472 the subject's right iris (centre first), 473-477 the left;
     blendshapes (52,) scores in [0, 1], names in ``MEDIAPIPE_BLENDSHAPES``;
     transform (4, 4) MediaPipe's canonical-face -> camera (OpenGL-style, cm) head transform;
-    score in [0, 1]: MediaPipe's face-detector confidence on a crop centred on the face.
+    score in [0, 1]: MediaPipe's face-detector confidence on a crop centred on the face (not
+    computed in video mode, where it is NaN until the caller asks :meth:`MediaPipeDetector.score`).
     """
 
     box: np.ndarray
     landmarks: np.ndarray
     blendshapes: np.ndarray = field(default_factory=lambda: np.zeros(len(MEDIAPIPE_BLENDSHAPES)))
     transform: np.ndarray = field(default_factory=lambda: np.eye(4))
-    score: float = 1.0
+    score: float = float("nan")
 
     @property
     def size(self) -> float:
@@ -180,18 +181,20 @@ class MediaPipeDetector:
     def detect(self, image: np.ndarray, timestamp_ms: int | None = None) -> list[Detection]:
         """(H, W, 3) uint8 RGB -> detections, largest face first. ``timestamp_ms`` in video mode."""
         found = self._run(image, timestamp_ms)
+        if self.mode == "video":  # a video scores the faces that start tracks (see score())
+            return sorted(found, key=lambda d: -d.size)[: self.max_faces]
         for det in found:
-            det.score = self._score(image, det.box)
-        if self.search == "thorough" and self.mode == "image":
+            det.score = self.score(image, det.box)
+        if self.search == "thorough":
             for det in self._tiles(image):  # whole-image finds win over tile finds of the same face
                 if all(_box_iou(det.box, k.box) < 0.3 for k in found):
-                    det.score = self._score(image, det.box)
+                    det.score = self.score(image, det.box)
                     if det.score >= self.tile_confidence:
                         found.append(det)
         found.sort(key=lambda d: -d.size)
         return found[: self.max_faces]
 
-    def _score(self, image: np.ndarray, box: np.ndarray) -> float:
+    def score(self, image: np.ndarray, box: np.ndarray) -> float:
         """Face-detector confidence on a square crop 2.5 face sizes wide centred on ``box``:
         the best detection covering the crop's centre, 0 if none."""
         import mediapipe as mp

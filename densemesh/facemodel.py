@@ -123,11 +123,12 @@ class FaceModel(torch.nn.Module):
             return (corners * self.mediapipe_weights[None, :, :, None]).sum(2)
         raise ValueError(f"unknown landmark set {kind!r}; expected 'ibug68' or 'mediapipe'")
 
-    def contour_landmarks(self, vertices_camera: torch.Tensor, points_2d: torch.Tensor) -> torch.Tensor:
+    def contour_landmarks(self, vertices_camera: torch.Tensor, points_2d: torch.Tensor,
+                          facing: torch.Tensor | None = None) -> torch.Tensor:
         """iBUG-68 vertex ids with the jaw and upper-lid points moved onto the visible outlines.
 
-        vertices_camera (B, N, 3) camera cm, points_2d (B, N, 2) their projections in pixels.
-        Jaw (0-16): a vertex that faces away from the camera (the side of the face turning away)
+        vertices_camera (B, N, 3) camera cm, points_2d (B, N, 2) their projections in pixels,
+        facing (B, N) as :func:`facing` gives (computed when not given). Jaw (0-16): a vertex that faces away from the camera (the side of the face turning away)
         is replaced by the candidate on its contour line that faces the camera and lies furthest
         out on its side of the face in the image - the silhouette, where annotators put the jaw
         line at large yaw; visible jaw vertices stay. Eyelids (37, 38, 40, 41, 43, 44, 46, 47):
@@ -138,8 +139,8 @@ class FaceModel(torch.nn.Module):
         """
         b = points_2d.shape[0]
         lines = self.ibug68_contour_lines.expand(b, -1, -1)  # (B, 17, L)
-        view = vertices_camera / vertices_camera.norm(dim=-1, keepdim=True).clamp(min=1e-6)
-        facing = (vertex_normals(vertices_camera, self.faces) * view).sum(-1)  # < 0: towards the camera
+        if facing is None:
+            facing = vertex_facing(vertices_camera, self.faces)
         center = points_2d[:, self.ibug68[27:31]].mean(1)  # nose bridge (B, 2)
         outward = points_2d[:, self.ibug68[:17]] - center[:, None]  # (B, 17, 2)
         outward = outward / outward.norm(dim=-1, keepdim=True).clamp(min=1e-6)
@@ -163,8 +164,7 @@ class FaceModel(torch.nn.Module):
         bool, vertices_camera (B, N, 3) cm, points_2d (B, N, 2) px -> (B, M) vertex ids.
         """
         if facing is None:
-            view = vertices_camera / vertices_camera.norm(dim=-1, keepdim=True).clamp(min=1e-6)
-            facing = (vertex_normals(vertices_camera, self.faces) * view).sum(-1)
+            facing = vertex_facing(vertices_camera, self.faces)
         corners = points_2d[:, self.ibug68[[36, 45]]]
         pick = lid_edge(points_2d[:, lines], facing[:, lines], upper, corners)
         return torch.gather(lines.expand(points_2d.shape[0], -1, -1), 2, pick[..., None])[..., 0]
@@ -182,8 +182,17 @@ def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     for ICT's winding; in the vertices' own space)."""
     tri = vertices[:, faces]  # (B, T, 3, 3)
     face_n = torch.cross(tri[:, :, 1] - tri[:, :, 0], tri[:, :, 2] - tri[:, :, 0], dim=-1)
-    normals = torch.zeros_like(vertices).index_add_(1, faces.reshape(-1), face_n.repeat_interleave(3, dim=1))
+    normals = torch.zeros_like(vertices)
+    for corner in range(3):
+        normals = normals.index_add(1, faces[:, corner], face_n)
     return normals / normals.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+
+
+def vertex_facing(vertices_camera: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """(B, N, 3) camera-space vertices -> (B, N) cosine between each normal and the ray from the
+    camera to the vertex: < 0 faces the camera, > 0 faces away, 0 on the silhouette."""
+    view = vertices_camera / vertices_camera.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+    return (vertex_normals(vertices_camera, faces) * view).sum(-1)
 
 
 def lid_edge(points_2d: torch.Tensor, facing: torch.Tensor, upper: torch.Tensor,

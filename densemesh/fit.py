@@ -22,7 +22,7 @@ import torch
 
 from densemesh import camera
 from densemesh.detect import MEDIAPIPE_BLENDSHAPES
-from densemesh.facemodel import lid_edge, vertex_normals
+from densemesh.facemodel import lid_edge, vertex_facing, vertex_normals
 
 #: MediaPipe FaceMesh face-oval points (its public FACE_OVAL connection list).
 MEDIAPIPE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400,
@@ -34,6 +34,7 @@ class FitConfig:
     """Landmark-fit settings (weights are relative to landmark residuals in face-size units)."""
 
     iterations: int = 6
+    tracking_iterations: int = 5       # when starting from the previous video frame
     landmark_sigma: float = 0.03       # expected landmark error, fraction of the face size
     oval_weight: float = 0.5           # weight of MediaPipe's face-oval points
     identity_sigma: float = 1.0        # identity prior N(0, sigma)
@@ -54,6 +55,18 @@ class FitState:
     focal: torch.Tensor
     principal: torch.Tensor
     cost: torch.Tensor | None = None
+
+    FIELDS = ("rotation", "translation", "identity", "expression", "focal", "principal")
+
+    def select(self, i: int) -> "FitState":
+        """Face i as a batch of one."""
+        return FitState(*(getattr(self, f)[i:i + 1].clone() for f in self.FIELDS),
+                        cost=None if self.cost is None else self.cost[i:i + 1])
+
+    @staticmethod
+    def stack(states: list["FitState"]) -> "FitState":
+        """Concatenate batches."""
+        return FitState(*(torch.cat([getattr(s, f) for s in states]) for f in FitState.FIELDS))
 
 
 def mediapipe_expression_prior(scores: np.ndarray, expression_names: list[str]) -> np.ndarray:
@@ -112,11 +125,12 @@ class LandmarkFitter:
         self.point_weights = weights.to(self.mean_k)
 
     def initial_state(self, landmarks: torch.Tensor, rotations: torch.Tensor, expression: torch.Tensor,
-                      image_size: tuple[int, int]) -> FitState:
+                      image_size: tuple[int, int], focal: float | None = None) -> FitState:
         """Pose from a rotation guess and a weak-perspective solve; one focal for the image.
 
         landmarks (B, 468, 2) px, rotations (B, 3, 3) model rotation guesses, expression (B, 53)
-        starting weights, image_size (height, width).
+        starting weights, image_size (height, width), focal: px (a video keeps its first frame's),
+        else ``camera_distance_cm`` times the largest face's px-per-cm.
         """
         b = landmarks.shape[0]
         dev = self.mean_k
@@ -131,11 +145,15 @@ class LandmarkFitter:
         offset = mu_l - scale[:, None] * mu_x
         h, wd = image_size
         principal = torch.tensor([(wd - 1) / 2, (h - 1) / 2]).to(dev).expand(b, 2).clone()
-        focal = (self.config.camera_distance_cm * scale.max()).expand(b).clone()
+        if focal is None:
+            focal = self.config.camera_distance_cm * scale.max()
+        focal = torch.as_tensor(focal).to(dev).expand(b).clone()
         tz = focal / scale
         translation = torch.cat([(offset - principal) * (tz / focal)[:, None], tz[:, None]], 1)
         return FitState(rotations.to(dev).clone(), translation, torch.zeros(b, self.model.num_identity).to(dev),
                         expression.to(dev).clone(), focal, principal)
+
+    SLIDE_STEPS = 2  # Gauss-Newton steps that re-slide the lid correspondences
 
     def slide_lids(self, state: FitState) -> torch.Tensor:
         """(B, M) vertex ids where MediaPipe's M eyelid-contour points meet the posed model: the
@@ -145,7 +163,7 @@ class LandmarkFitter:
         verts = self.model.mean[sub] + torch.einsum("ncp,bp->bnc", self.vertex_basis[sub], coeffs)
         cam = camera.model_to_camera(verts, state.rotation, state.translation)
         uv = camera.project(cam, state.focal, state.principal)
-        facing = (vertex_normals(cam, self._lid_faces) * cam / cam.norm(dim=-1, keepdim=True)).sum(-1)
+        facing = vertex_facing(cam, self._lid_faces)
         lines = self._lid_lines
         pick = lid_edge(uv[:, lines], facing[:, lines], self.model.mediapipe_lid_upper, uv[:, self._lid_corners])
         return sub[torch.gather(lines.expand(len(uv), -1, -1), 2, pick[..., None])[..., 0]]
@@ -170,11 +188,14 @@ class LandmarkFitter:
         return mean + _apply_basis(basis, torch.cat([identity, expression], 1))
 
     def _residuals(self, state: FitState, target: torch.Tensor, size: torch.Tensor,
-                   prior_expression: torch.Tensor, lid_ids: torch.Tensor, with_jacobian: bool):
+                   prior_expression: torch.Tensor, points: tuple[torch.Tensor, torch.Tensor], with_jacobian: bool,
+                   fix_identity: bool = False):
         """Weighted landmark residuals (B, 2K), prior residuals (B, P) and, if asked, the
-        landmark Jacobian (B, 2K, 6 + P) (the priors' Jacobian is diagonal: 1 / sigma)."""
+        landmark Jacobian (B, 2K, 6 + P) - without the identity columns when ``fix_identity`` -
+        (the priors' Jacobian is diagonal: 1 / sigma). points: the MediaPipe points' mean and
+        basis rows, as :meth:`_basis` gives them."""
         cfg = self.config
-        mean, basis = self._basis(lid_ids, state.identity.shape[0])
+        mean, basis = points
         x_model = mean + _apply_basis(basis, torch.cat([state.identity, state.expression], 1))
         rc = camera.MODEL_TO_CAMERA.to(x_model) @ state.rotation
         xc = x_model @ rc.transpose(1, 2) + state.translation[:, None]
@@ -191,6 +212,7 @@ class LandmarkFitter:
         dproj = torch.stack([torch.stack([f_z, zero, -f_z * xc[..., 0] / z], -1),
                              torch.stack([zero, f_z, -f_z * xc[..., 1] / z], -1)], -2)  # (B, K, 2, 3)
         d_rot = dproj @ -_skew(xc - state.translation[:, None])
+        basis = basis[..., self.model.num_identity:] if fix_identity else basis
         d_shape = ((dproj @ rc[:, None])[..., None] * basis[:, :, None]).sum(3)  # (B, K, 2, P)
         j_lm = torch.cat([d_rot, dproj, d_shape], -1) * scale[..., None]  # (B, K, 2, 6 + P)
         return r_lm, r_prior, j_lm.flatten(1, 2)
@@ -205,9 +227,11 @@ class LandmarkFitter:
                         state.focal, state.principal)
 
     def fit(self, landmarks: torch.Tensor, state: FitState, prior_expression: torch.Tensor,
-            iterations: int | None = None) -> FitState:
-        """Levenberg-Marquardt; the lid correspondences slide with every step (ICP-style).
-        landmarks (B, 468, 2) px; returns the fitted state (with cost)."""
+            iterations: int | None = None, fix_identity: bool = False) -> FitState:
+        """Levenberg-Marquardt; the lid correspondences slide with the first ``SLIDE_STEPS`` steps
+        (ICP-style; later steps barely move the lids).
+        landmarks (B, 468, 2) px; ``fix_identity`` keeps ``state.identity`` (a video track's locked
+        identity) and solves pose and expression only. Returns the fitted state (with cost)."""
         target = landmarks[:, : self.mean_k.shape[0], :2].to(self.mean_k)
         lo, hi = target.min(1).values, target.max(1).values
         size = ((hi - lo).prod(1)).sqrt()  # face size, px
@@ -217,13 +241,20 @@ class LandmarkFitter:
         n_id = self.model.num_identity
         inv_sigma = torch.cat([torch.zeros(6), torch.full((n_id,), 1 / self.config.identity_sigma),
                                torch.full((n_exp,), 1 / self.config.expression_sigma)]).to(target)
-        for _ in range(self.config.iterations if iterations is None else iterations):
-            lids = self.slide_lids(state)
-            r_lm, r_prior, jac = self._residuals(state, target, size, prior, lids, True)
-            cost = (r_lm ** 2).sum(1) + (r_prior ** 2).sum(1)
+        # unknowns: pose (6), identity (unless fixed), expression
+        cols = torch.cat([torch.arange(6), torch.arange(6 + n_id * fix_identity, 6 + n_id + n_exp)]).to(target.device)
+        b = target.shape[0]
+        cost = None
+        for step in range(self.config.iterations if iterations is None else iterations):
+            if step < self.SLIDE_STEPS:
+                points = self._basis(self.slide_lids(state), b)
+                cost = None  # the correspondences changed: the cost with them is new
+            r_lm, r_prior, jac = self._residuals(state, target, size, prior, points, True, fix_identity)
+            if cost is None:
+                cost = (r_lm ** 2).sum(1) + (r_prior ** 2).sum(1)
             jt = jac.transpose(1, 2)
-            h = jt @ jac + torch.diag_embed(inv_sigma ** 2).expand(len(jac), -1, -1)
-            grad = (jt @ r_lm[..., None])[..., 0] + torch.nn.functional.pad(r_prior, (6, 0)) * inv_sigma
+            h = jt @ jac + torch.diag_embed(inv_sigma[cols] ** 2).expand(b, -1, -1)
+            grad = (jt @ r_lm[..., None])[..., 0] + (torch.nn.functional.pad(r_prior, (6, 0)) * inv_sigma)[:, cols]
             # active set: expression weights at a bound that the gradient pushes further out stay put
             g_exp = grad[:, -n_exp:]
             frozen = ((state.expression <= 0) & (g_exp > 0)) | ((state.expression >= 1) & (g_exp < 0))
@@ -231,19 +262,23 @@ class LandmarkFitter:
             h = h * (free[:, :, None] & free[:, None, :]) + torch.diag_embed((~free).to(h))
             grad = grad * free
             h = h + damping[:, None, None] * torch.diag_embed(h.diagonal(dim1=1, dim2=2) + 1e-6)
-            delta = -torch.linalg.solve(h, grad[..., None])[..., 0]
+            delta = torch.zeros(b, 6 + n_id + n_exp).to(target)
+            delta[:, cols] = -torch.cholesky_solve(grad[..., None], torch.linalg.cholesky(h))[..., 0]
             trial = self._apply(state, delta)
-            r_lm_t, r_prior_t, _ = self._residuals(trial, target, size, prior, lids, False)
-            better = (r_lm_t ** 2).sum(1) + (r_prior_t ** 2).sum(1) < cost
+            r_lm_t, r_prior_t, _ = self._residuals(trial, target, size, prior, points, False)
+            cost_t = (r_lm_t ** 2).sum(1) + (r_prior_t ** 2).sum(1)
+            better = cost_t < cost
+            cost = torch.where(better, cost_t, cost)
             keep = lambda new, old: torch.where(better.view(-1, *[1] * (new.dim() - 1)), new, old)  # noqa: E731
             state = FitState(*(keep(n, o) for n, o in zip(
                 (trial.rotation, trial.translation, trial.identity, trial.expression),
                 (state.rotation, state.translation, state.identity, state.expression))),
                 state.focal, state.principal)
             damping = torch.where(better, damping * 0.3, damping * 10.0).clamp(1e-6, 1e4)
-        r_lm, r_prior, _ = self._residuals(state, target, size, prior, self.slide_lids(state), False)
-        res = torch.cat([r_lm, r_prior], 1)
-        state.cost = (res ** 2).sum(1) / target.shape[1]
+        if cost is None:  # no iterations
+            r_lm, r_prior, _ = self._residuals(state, target, size, prior, self._basis(self.slide_lids(state), b), False)
+            cost = (r_lm ** 2).sum(1) + (r_prior ** 2).sum(1)
+        state.cost = cost / target.shape[1]
         return state
 
 
@@ -266,14 +301,16 @@ REFINE_LEVELS = {"none": None, "fast": RefineConfig(30, 128), "full": RefineConf
 SKIN_EXCLUDED_REGIONS = ("eye_left", "eye_right", "brow_left", "brow_right")
 
 
-def refine(fitter: LandmarkFitter, image: np.ndarray, state: FitState, landmarks: torch.Tensor,
-           config: RefineConfig) -> tuple[FitState, dict]:
+def refine(fitter: LandmarkFitter, images: list[np.ndarray], state: FitState, landmarks: torch.Tensor,
+           config: RefineConfig, fix_identity: bool = False) -> tuple[FitState, dict]:
     """Analysis-by-synthesis: render each face (rasteriser of :mod:`densemesh.render`, 9-term SH
     lighting per colour channel, smooth albedo from the asset's Laplacian basis) into a crop of the
     photo and minimise the robust colour error on the visible skin (eyes and brows excluded)
     together with the landmark and prior terms of the landmark fit (Adam, all faces batched).
 
-    image (H, W, 3) uint8; landmarks (B, 478, 2) px; state: the landmark fit's result.
+    images: the (H, W, 3) uint8 image of each face (faces of several video frames batch
+    together); landmarks (B, 478, 2) px; state: the landmark fit's result; ``fix_identity`` keeps
+    the state's identity.
     Returns the refined state and {"photometric_before", "photometric_after"}: (B,) mean robust
     colour error on the rendered skin.
     """
@@ -288,7 +325,7 @@ def refine(fitter: LandmarkFitter, image: np.ndarray, state: FitState, landmarks
     with torch.no_grad():
         uv0 = camera.project(camera.model_to_camera(model.decode(state.identity, state.expression),
                                                     state.rotation, state.translation), state.focal, state.principal)
-    crops = [crop_square(image, square_box(uv0[i].cpu().numpy(), 1.05), config.crop_size) for i in range(b)]
+    crops = [crop_square(images[i], square_box(uv0[i].cpu().numpy(), 1.05), config.crop_size) for i in range(b)]
     target = torch.from_numpy(np.stack([c.image for c in crops])).to(dev) / 255.0  # (B, S, S, 3)
     k = torch.tensor([c.scale for c in crops]).to(dev)
     focal_c = state.focal * k
@@ -309,7 +346,7 @@ def refine(fitter: LandmarkFitter, image: np.ndarray, state: FitState, landmarks
     params = {"rot": torch.zeros(b, 3), "trans": torch.zeros(b, 3), "identity": state.identity.clone(),
               "expression": state.expression.clone(), "sh": torch.zeros(b, 9, 3),
               "albedo": torch.zeros(b, basis.shape[1], 3), "base": torch.full((b, 3), 0.5)}
-    params = {n: p.to(dev).requires_grad_(True) for n, p in params.items()}
+    params = {n: p.to(dev).requires_grad_(not (fix_identity and n == "identity")) for n, p in params.items()}
     with torch.no_grad():
         params["sh"][:, 0] = 1.0 / a0  # ambient light of 1: radiance = albedo
     lr = config.learning_rate

@@ -9,13 +9,12 @@ import torch
 from densemesh import camera, render
 from densemesh.crop import square_box
 from densemesh.detect import Detection, MediaPipeDetector
-from densemesh.facemodel import FaceModel
+from densemesh.facemodel import FaceModel, vertex_facing
 from densemesh import fit
 from densemesh.fit import REFINE_LEVELS, FitConfig, FitState, LandmarkFitter, mediapipe_expression_prior
 from densemesh.image import load_image
 from densemesh.result import FaceResult, Pose
 
-VISIBILITY_CROP = 256  # px: z-buffer resolution for per-vertex visibility
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -43,6 +42,9 @@ class Reconstructor:
     detector: any object with ``detect(image) -> list[Detection]`` (default MediaPipe).
     Use as a context manager, or call :meth:`close`.
     """
+
+    #: z-buffer resolution (px, square crop round each face) for per-vertex visibility
+    visibility_size = 256
 
     def __init__(self, device: str = "auto", refine: str = "fast", max_faces: int = 8,
                  search: str = "thorough", texture: bool = False, detector=None,
@@ -73,13 +75,21 @@ class Reconstructor:
         t_detect = time.perf_counter() - t0
         if not detections:
             return []
-        results = self.reconstruct_detections(rgb, detections)
+        results = self.reconstruct_detections([rgb] * len(detections), detections)
         for r in results:
             r.timings["detect_s"] = t_detect
         return results
 
-    def fit_detections(self, image: np.ndarray, detections: list[Detection], refine: str | None = None):
-        """Landmark fit (+ refinement) of detections in one image -> (FitState, landmarks, timings)."""
+    def fit_detections(self, images: list[np.ndarray], detections: list[Detection], refine: str | None = None,
+                       identities: torch.Tensor | None = None, focal: float | None = None,
+                       start: FitState | None = None):
+        """Landmark fit (+ refinement) of detections -> (FitState, landmarks (B, 478, 2), timings).
+
+        images: the image of each detection (a photo repeats its image; a video batch mixes
+        frames of one size); identities (B, 100): fixed identities (a video track's), else solved;
+        focal: px, else chosen from the faces; start: a previous frame's fit of the same faces to
+        start from (fewer iterations).
+        """
         dev = self.device
         landmarks = torch.tensor(np.stack([d.landmarks[:, :2] for d in detections]), dtype=torch.float32, device=dev)
         rotations = torch.tensor(np.stack([_orthonormal(d.transform[:3, :3]) for d in detections]),
@@ -88,23 +98,38 @@ class Reconstructor:
                                                         self.model.expression_names), dtype=torch.float32, device=dev)
         timings = {}
         t0 = time.perf_counter()
-        state = self.fitter.initial_state(landmarks, rotations, prior, image.shape[:2])
-        state = self.fitter.fit(landmarks, state, prior)
+        if start is None:
+            state = self.fitter.initial_state(landmarks, rotations, prior, images[0].shape[:2], focal)
+            iterations = None
+        else:
+            state = FitState(start.rotation.clone(), start.translation.clone(), start.identity.clone(),
+                             start.expression.clone(), start.focal.clone(), start.principal.clone())
+            iterations = self.fitter.config.tracking_iterations
+        if identities is not None:
+            state.identity = identities.to(dev, torch.float32).clone()
+        state = self.fitter.fit(landmarks, state, prior, iterations, fix_identity=identities is not None)
         timings["fit_s"] = time.perf_counter() - t0
         level = REFINE_LEVELS[self.refine if refine is None else refine]
         if level is not None:
             t0 = time.perf_counter()
-            state, stats = fit.refine(self.fitter, image, state, landmarks, level)
+            state, stats = fit.refine(self.fitter, images, state, landmarks, level, fix_identity=identities is not None)
             timings["refine_s"] = time.perf_counter() - t0
             timings.update({k: v.tolist() for k, v in stats.items()})
         return state, landmarks, timings
 
-    def reconstruct_detections(self, image: np.ndarray, detections: list[Detection],
-                               refine: str | None = None) -> list[FaceResult]:
-        """Fit, refine and describe faces already detected in ``image`` (H, W, 3) uint8 RGB."""
-        state, landmarks, timings = self.fit_detections(image, detections, refine)
+    def reconstruct_detections(self, images: list[np.ndarray], detections: list[Detection],
+                               refine: str | None = None, identities: torch.Tensor | None = None,
+                               state: FitState | None = None) -> list[FaceResult]:
+        """Fit, refine and describe detections; images: the (H, W, 3) uint8 RGB image of each.
+        ``state`` skips the fit (e.g. parameters a video filter smoothed)."""
+        timings = {}
+        if state is None:
+            state, landmarks, timings = self.fit_detections(images, detections, refine, identities)
+        else:
+            landmarks = torch.tensor(np.stack([d.landmarks[:, :2] for d in detections]), dtype=torch.float32,
+                                     device=self.device)
         t0 = time.perf_counter()
-        results = self._describe(image, detections, state, landmarks)
+        results = self.describe(images, detections, state, landmarks)
         timings["describe_s"] = time.perf_counter() - t0
         for r in results:
             r.timings.update(timings)
@@ -112,21 +137,23 @@ class Reconstructor:
         return results
 
     @torch.no_grad()
-    def _describe(self, image: np.ndarray, detections: list[Detection], state: FitState,
-                  landmarks: torch.Tensor) -> list[FaceResult]:
+    def describe(self, images: list[np.ndarray], detections: list[Detection], state: FitState,
+                 landmarks: torch.Tensor) -> list[FaceResult]:
+        """Fitted parameters -> one :class:`FaceResult` per detection (images: one per detection)."""
         model = self.model
         vertices = model.decode(state.identity, state.expression)
         cam = camera.model_to_camera(vertices, state.rotation, state.translation)
         uv = camera.project(cam, state.focal, state.principal)
-        visible = self._visibility(cam, uv, state, image.shape[:2])
-        ids68 = model.contour_landmarks(cam, uv)
+        facing = vertex_facing(cam, model.faces)
+        visible = self._visibility(cam, uv, state, images[0].shape[:2], facing)
+        ids68 = model.contour_landmarks(cam, uv, facing)
         rows = torch.arange(len(detections), device=self.device)[:, None]
         # landmark-fit quality: RMS distance of the fitted MediaPipe points, in face sizes
         mp_uv = model.landmarks(uv, "mediapipe")
         target = landmarks[:, : mp_uv.shape[1]]
         size = (target.max(1).values - target.min(1).values).prod(1).sqrt()
         rms = ((mp_uv - target).norm(dim=-1) ** 2).mean(1).sqrt() / size
-        colors = self._colors(image, uv, visible)
+        colors = [self._colors(img, uv[i], visible[i]) for i, img in enumerate(images)]
         euler = camera.matrix_to_euler(state.rotation)
         results = []
         for i, det in enumerate(detections):
@@ -139,39 +166,37 @@ class Reconstructor:
                 pose=pose, identity=state.identity[i].cpu().numpy(), expression=state.expression[i].cpu().numpy(),
                 expression_names=list(model.expression_names), box=det.box.copy(),
                 score=det.score, fit_error=float(rms[i]), colors=colors[i],
-                image_size=tuple(image.shape[:2]))
+                image_size=tuple(images[i].shape[:2]))
             if self.texture:
-                result.texture = render.bake_texture(image, uv[i].cpu(), visible[i].cpu(), model.faces.cpu(),
+                result.texture = render.bake_texture(images[i], uv[i].cpu(), visible[i].cpu(), model.faces.cpu(),
                                                      model.uvs.cpu(), model.face_uvs.cpu())
             results.append(result)
         return results
 
     def _visibility(self, cam: torch.Tensor, uv: torch.Tensor, state: FitState,
-                    image_hw: tuple[int, int]) -> torch.Tensor:
+                    image_hw: tuple[int, int], facing: torch.Tensor) -> torch.Tensor:
         """Z-buffer visibility, rasterised per face in a square crop (bounded cost on huge images)."""
         boxes = [square_box(uv[i].cpu().numpy(), 1.05) for i in range(len(uv))]
-        k = torch.tensor([VISIBILITY_CROP / (b[2] - b[0]) for b in boxes], dtype=cam.dtype, device=cam.device)
+        k = torch.tensor([self.visibility_size / (b[2] - b[0]) for b in boxes], dtype=cam.dtype, device=cam.device)
         origin = torch.tensor(np.stack([b[:2] for b in boxes]), dtype=cam.dtype, device=cam.device)
         focal = state.focal * k
         principal = (state.principal - origin) * k[:, None]
-        crop_vis = render.visibility(cam, self.model.faces, focal, principal, (VISIBILITY_CROP, VISIBILITY_CROP))
+        crop_vis = render.visibility(cam, self.model.faces, focal, principal,
+                                     (self.visibility_size, self.visibility_size), facing)
         h, w = image_hw
         inside = (uv[..., 0] > -0.5) & (uv[..., 0] < w - 0.5) & (uv[..., 1] > -0.5) & (uv[..., 1] < h - 0.5)
         return crop_vis & inside
 
-    def _colors(self, image: np.ndarray, uv: torch.Tensor, visible: torch.Tensor) -> list[np.ndarray]:
+    @staticmethod
+    def _colors(image: np.ndarray, uv: torch.Tensor, visible: torch.Tensor) -> np.ndarray:
         """Per-vertex colours (N, 3) uint8 sampled bilinearly; hidden ones get the visible mean."""
         import cv2
 
-        out = []
-        for i in range(len(uv)):
-            pts = uv[i].cpu().numpy().astype(np.float32)
-            c = cv2.remap(image, pts[None, :, 0], pts[None, :, 1], cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_REPLICATE)[0]
-            vis = visible[i].cpu().numpy()
-            c[~vis] = c[vis].mean(0).round() if vis.any() else 128
-            out.append(c)
-        return out
+        pts = uv.cpu().numpy().astype(np.float32)
+        c = cv2.remap(image, pts[None, :, 0], pts[None, :, 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[0]
+        vis = visible.cpu().numpy()
+        c[~vis] = c[vis].mean(0).round() if vis.any() else 128
+        return c
 
 
 def reconstruct(image, **options) -> list[FaceResult]:

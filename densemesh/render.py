@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from densemesh import camera
-from densemesh.facemodel import vertex_normals
+from densemesh.facemodel import vertex_facing, vertex_normals
 
 VISIBILITY_TOLERANCE_CM = 0.3  # a vertex this close behind the z-buffer still counts as visible
 
@@ -71,26 +71,26 @@ def _rasterize_open3d(vertices, faces, focal, principal, image_size) -> Raster:
     import open3d as o3d
 
     h, w = image_size
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
-                            indexing="ij")
+    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
     tris = o3d.core.Tensor(faces.cpu().numpy().astype(np.uint32))
     pix, depth, bary = [], [], []
     for i in range(vertices.shape[0]):
         scene = o3d.t.geometry.RaycastingScene()
         scene.add_triangles(o3d.core.Tensor(vertices[i].detach().cpu().numpy().astype(np.float32)), tris)
         # rays from the camera centre with direction z = 1, so the hit distance t is the depth
-        f, c = float(focal[i]), principal[i].cpu()
-        d = torch.stack([(xs - c[0]) / f, (ys - c[1]) / f, torch.ones_like(xs)], -1)
-        rays = torch.cat([torch.zeros_like(d), d], -1).reshape(-1, 6).numpy()
-        hit = scene.cast_rays(o3d.core.Tensor(rays))
-        ids = torch.from_numpy(hit["primitive_ids"].numpy().astype(np.int64)).reshape(h, w)
+        f, c = float(focal[i]), principal[i].cpu().numpy()
+        rays = np.zeros((h, w, 6), np.float32)
+        rays[..., 3], rays[..., 4], rays[..., 5] = (xs - c[0]) / f, (ys - c[1]) / f, 1.0
+        hit = scene.cast_rays(o3d.core.Tensor(rays.reshape(-1, 6)))
+        ids = hit["primitive_ids"].numpy().reshape(h, w).astype(np.int64)
         valid = ids < faces.shape[0]  # misses report INVALID_ID
-        uv = torch.from_numpy(hit["primitive_uvs"].numpy()).reshape(h, w, 2)
-        pix.append(torch.where(valid, ids, -1))
-        depth.append(torch.from_numpy(hit["t_hit"].numpy()).reshape(h, w))
-        bary.append(torch.stack([1 - uv[..., 0] - uv[..., 1], uv[..., 0], uv[..., 1]], -1) * valid[..., None])
+        uv = hit["primitive_uvs"].numpy().reshape(h, w, 2)
+        pix.append(np.where(valid, ids, -1))
+        depth.append(hit["t_hit"].numpy().reshape(h, w))
+        bary.append(np.stack([1 - uv[..., 0] - uv[..., 1], uv[..., 0], uv[..., 1]], -1) * valid[..., None])
     dev = vertices.device
-    return Raster(torch.stack(pix).to(dev), torch.stack(depth).to(dev), torch.stack(bary).to(dev))
+    return Raster(torch.from_numpy(np.stack(pix)).to(dev), torch.from_numpy(np.stack(depth)).to(dev),
+                  torch.from_numpy(np.stack(bary)).to(dev))
 
 
 def barycentrics(vertices: torch.Tensor, faces: torch.Tensor, focal: torch.Tensor, principal: torch.Tensor,
@@ -130,9 +130,10 @@ def sample_map(values: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
 
 
 def visibility(vertices: torch.Tensor, faces: torch.Tensor, focal: torch.Tensor, principal: torch.Tensor,
-               image_size: tuple[int, int]) -> torch.Tensor:
+               image_size: tuple[int, int], facing: torch.Tensor | None = None) -> torch.Tensor:
     """(B, N) bool from the z-buffer: the vertex projects inside the image, faces the camera and
-    lies within VISIBILITY_TOLERANCE_CM of the nearest depth at its pixel or a 4-neighbour."""
+    lies within VISIBILITY_TOLERANCE_CM of the nearest depth at its pixel or a 4-neighbour.
+    facing (B, N): :func:`densemesh.facemodel.vertex_facing`, computed when not given."""
     depth = rasterize(vertices, faces, focal, principal, image_size).depth  # (B, H, W)
     uv = camera.project(vertices, focal, principal)
     h, w = image_size
@@ -143,8 +144,9 @@ def visibility(vertices: torch.Tensor, faces: torch.Tensor, focal: torch.Tensor,
         py = (uv[..., 1].round() + dy).clamp(0, h - 1).long()
         nearest = torch.minimum(nearest, depth[batch, py, px])
     inside = (uv[..., 0] > -0.5) & (uv[..., 0] < w - 0.5) & (uv[..., 1] > -0.5) & (uv[..., 1] < h - 0.5)
-    facing = (vertex_normals(vertices, faces) * vertices).sum(-1) < 0  # normal points back at the camera
-    return inside & facing & (vertices[..., 2] <= nearest + VISIBILITY_TOLERANCE_CM)
+    if facing is None:
+        facing = vertex_facing(vertices, faces)
+    return inside & (facing < 0) & (vertices[..., 2] <= nearest + VISIBILITY_TOLERANCE_CM)
 
 
 def sh_basis(normals: torch.Tensor) -> torch.Tensor:
