@@ -54,3 +54,15 @@ def crop_square(image: np.ndarray, box: np.ndarray, size: int) -> Crop:
     # pixel edges map linearly: (x + 0.5 - x0) * k = x' + 0.5
     offset = np.array([k * (0.5 - x0) - 0.5, k * (0.5 - y0) - 0.5])
     return Crop(crop, k, offset)
+
+
+#: The regression network's input: a square crop, ``REGRESSOR_ENLARGE`` times the larger side of
+#: the face box (the extent of MediaPipe's landmarks, forehead to chin), resized to
+#: ``REGRESSOR_SIZE`` px.
+REGRESSOR_SIZE = 128
+REGRESSOR_ENLARGE = 1.4
+
+
+def regressor_crop(image: np.ndarray, box: np.ndarray) -> Crop:
+    """(H, W, 3) image, face box (4,) x0, y0, x1, y1 px -> the regressor's input crop."""
+    return crop_square(image, square_box(box, REGRESSOR_ENLARGE), REGRESSOR_SIZE)

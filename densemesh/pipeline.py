@@ -2,17 +2,19 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from densemesh import camera, render
-from densemesh.crop import square_box
+from densemesh.crop import regressor_crop, square_box
 from densemesh.detect import Detection, MediaPipeDetector
 from densemesh.facemodel import FaceModel, vertex_facing
 from densemesh import fit
 from densemesh.fit import REFINE_LEVELS, FitConfig, FitState, LandmarkFitter, mediapipe_expression_prior
 from densemesh.image import load_image
+from densemesh.regress import Regressor
 from densemesh.result import FaceResult, Pose
 
 
@@ -39,8 +41,12 @@ class Reconstructor:
     device: "auto" | "cpu" | "cuda"; refine: "none" | "fast" | "full" (see
     :data:`densemesh.fit.REFINE_LEVELS`); max_faces: most faces per image; search: "thorough"
     (also finds small faces, slower) or "fast"; texture: also bake a UV texture per face;
-    detector: any object with ``detect(image) -> list[Detection]`` (default MediaPipe).
-    Use as a context manager, or call :meth:`close`.
+    detector: any object with ``detect(image) -> list[Detection]`` (default MediaPipe);
+    regressor: "default" (the shipped network, if present), a weights file (.pt / .onnx), or
+    None; fit: False returns the regressor's output as it is (with ``refine="none"``, no
+    landmark fit). With a regressor, its output starts the landmark fit, and a face MediaPipe
+    boxes but cannot landmark (profiles) is reconstructed by the regressor alone
+    (``FaceResult.source == "regressor"``). Use as a context manager, or call :meth:`close`.
     """
 
     #: z-buffer resolution (px, square crop round each face) for per-vertex visibility
@@ -48,15 +54,29 @@ class Reconstructor:
 
     def __init__(self, device: str = "auto", refine: str = "fast", max_faces: int = 8,
                  search: str = "thorough", texture: bool = False, detector=None,
-                 fit_config: FitConfig | None = None):
+                 fit_config: FitConfig | None = None, regressor: str | Path | None = "default",
+                 fit: bool = True):
         if refine not in REFINE_LEVELS:
             raise ValueError(f"refine must be one of {tuple(REFINE_LEVELS)}, got {refine!r}")
+        if not fit and refine != "none":
+            raise ValueError("fit=False (regressor only) needs refine='none'")
         self.device = resolve_device(device)
         self.refine = refine
         self.texture = texture
+        self.use_fit = fit
         self.model = FaceModel.load("face").to(self.device)
         self.fitter = LandmarkFitter(self.model, fit_config)
-        self.detector = detector or MediaPipeDetector(max_faces=max_faces, search=search)
+        self.regressor = None
+        if regressor is not None:
+            try:
+                self.regressor = Regressor(None if regressor == "default" else regressor, self.device)
+            except FileNotFoundError:
+                if regressor != "default":
+                    raise
+        if not fit and self.regressor is None:
+            raise ValueError("fit=False needs the regressor, and its weights are missing")
+        self.detector = detector or MediaPipeDetector(max_faces=max_faces, search=search,
+                                                      boxes_without_landmarks=self.regressor is not None)
 
     def close(self) -> None:
         self.detector.close()
@@ -73,11 +93,14 @@ class Reconstructor:
         t0 = time.perf_counter()
         detections = self.detector.detect(rgb)
         t_detect = time.perf_counter() - t0
-        if not detections:
-            return []
-        results = self.reconstruct_detections([rgb] * len(detections), detections)
+        results = []
+        for group in ([d for d in detections if d.landmarks is not None],
+                      [d for d in detections if d.landmarks is None]):
+            if group:
+                results += self.reconstruct_detections([rgb] * len(group), group)
         for r in results:
             r.timings["detect_s"] = t_detect
+        results.sort(key=lambda r: -np.sqrt(np.prod(r.box[2:] - r.box[:2])))
         return results
 
     def fit_detections(self, images: list[np.ndarray], detections: list[Detection], refine: str | None = None,
@@ -91,22 +114,32 @@ class Reconstructor:
         start from (fewer iterations).
         """
         dev = self.device
-        landmarks = torch.tensor(np.stack([d.landmarks[:, :2] for d in detections]), dtype=torch.float32, device=dev)
-        rotations = torch.tensor(np.stack([_orthonormal(d.transform[:3, :3]) for d in detections]),
-                                 dtype=torch.float32, device=dev)
-        prior = torch.tensor(mediapipe_expression_prior(np.stack([d.blendshapes for d in detections]),
-                                                        self.model.expression_names), dtype=torch.float32, device=dev)
         timings = {}
         t0 = time.perf_counter()
-        if start is None:
-            state = self.fitter.initial_state(landmarks, rotations, prior, images[0].shape[:2], focal)
-            iterations = None
-        else:
+        if detections[0].landmarks is None:  # boxes only: the regressor is all there is
+            state = self.regress(images, detections, focal)
+            timings["regress_s"] = time.perf_counter() - t0
+            return state, None, timings
+        landmarks = torch.tensor(np.stack([d.landmarks[:, :2] for d in detections]), dtype=torch.float32, device=dev)
+        prior = torch.tensor(mediapipe_expression_prior(np.stack([d.blendshapes for d in detections]),
+                                                        self.model.expression_names), dtype=torch.float32, device=dev)
+        iterations = None
+        if start is not None:
             state = FitState(start.rotation.clone(), start.translation.clone(), start.identity.clone(),
                              start.expression.clone(), start.focal.clone(), start.principal.clone())
             iterations = self.fitter.config.tracking_iterations
+        elif self.regressor is not None:
+            state = self.regress(images, detections, focal)
+            timings["regress_s"] = time.perf_counter() - t0
+            if not self.use_fit:
+                return state, landmarks, timings
+        else:
+            rotations = torch.tensor(np.stack([_orthonormal(d.transform[:3, :3]) for d in detections]),
+                                     dtype=torch.float32, device=dev)
+            state = self.fitter.initial_state(landmarks, rotations, prior, images[0].shape[:2], focal)
         if identities is not None:
             state.identity = identities.to(dev, torch.float32).clone()
+        t0 = time.perf_counter()
         state = self.fitter.fit(landmarks, state, prior, iterations, fix_identity=identities is not None)
         timings["fit_s"] = time.perf_counter() - t0
         level = REFINE_LEVELS[self.refine if refine is None else refine]
@@ -117,6 +150,34 @@ class Reconstructor:
             timings.update({k: v.tolist() for k, v in stats.items()})
         return state, landmarks, timings
 
+    def regress(self, images: list[np.ndarray], detections: list[Detection], focal: float | None = None) -> FitState:
+        """The regressor's parameters for each detection's box, as a FitState in image space.
+
+        Its weak-perspective crop camera becomes a pinhole: the image gets ``focal`` (else the
+        landmark fit's rule: the largest face at ``camera_distance_cm``), and each face is placed
+        so that the centroid of its MediaPipe points (where the training labels' weak cameras
+        were fitted) projects where the weak camera puts it, at the depth where that focal
+        gives the weak camera's scale. (The model origin lies ~8 cm behind the face: anchoring
+        it instead magnifies the face by ~15 %.)"""
+        crops = [regressor_crop(img, d.box) for img, d in zip(images, detections)]
+        pred = self.regressor([c.image for c in crops])
+        dev, b = self.device, len(detections)
+        k = torch.tensor([c.scale for c in crops], dtype=torch.float32, device=dev)
+        off = torch.tensor(np.stack([c.offset for c in crops]), dtype=torch.float32, device=dev)
+        weak, rotation, identity, expression = (x.to(dev, torch.float32) for x in (
+            pred.weak, pred.rotation, pred.identity, pred.expression))
+        anchor = self.model.landmarks(self.model.decode(identity, expression), "mediapipe").mean(1, keepdim=True)
+        anchor = camera.model_to_camera(anchor, rotation, torch.zeros(b, 3, device=dev))[:, 0]  # (B, 3) cm
+        anchor_px = (weak[:, :1] * anchor[:, :2] + weak[:, 1:] - off) / k[:, None]
+        scale = weak[:, 0] / k  # px per cm in the image
+        h, w = images[0].shape[:2]
+        principal = torch.tensor([(w - 1) / 2, (h - 1) / 2], device=dev).expand(b, 2).clone()
+        f = torch.as_tensor(focal if focal is not None else self.fitter.config.camera_distance_cm * float(scale.max()),
+                            dtype=torch.float32, device=dev).expand(b).clone()
+        depth = f / scale
+        placed = torch.cat([(anchor_px - principal) * (depth / f)[:, None], depth[:, None]], 1)
+        return FitState(rotation, placed - anchor, identity, expression, f, principal)
+
     def reconstruct_detections(self, images: list[np.ndarray], detections: list[Detection],
                                refine: str | None = None, identities: torch.Tensor | None = None,
                                state: FitState | None = None) -> list[FaceResult]:
@@ -125,15 +186,19 @@ class Reconstructor:
         timings = {}
         if state is None:
             state, landmarks, timings = self.fit_detections(images, detections, refine, identities)
-        else:
+        elif detections[0].landmarks is not None:
             landmarks = torch.tensor(np.stack([d.landmarks[:, :2] for d in detections]), dtype=torch.float32,
                                      device=self.device)
+        else:
+            landmarks = None
         t0 = time.perf_counter()
         results = self.describe(images, detections, state, landmarks)
         timings["describe_s"] = time.perf_counter() - t0
+        fitted = landmarks is not None and self.use_fit
         for r in results:
             r.timings.update(timings)
-            r.refine = self.refine if refine is None else refine
+            r.refine = (self.refine if refine is None else refine) if fitted else "none"
+            r.source = "mediapipe" if fitted else "regressor"
         return results
 
     @torch.no_grad()
@@ -149,10 +214,12 @@ class Reconstructor:
         ids68 = model.contour_landmarks(cam, uv, facing)
         rows = torch.arange(len(detections), device=self.device)[:, None]
         # landmark-fit quality: RMS distance of the fitted MediaPipe points, in face sizes
-        mp_uv = model.landmarks(uv, "mediapipe")
-        target = landmarks[:, : mp_uv.shape[1]]
-        size = (target.max(1).values - target.min(1).values).prod(1).sqrt()
-        rms = ((mp_uv - target).norm(dim=-1) ** 2).mean(1).sqrt() / size
+        rms = torch.full((len(detections),), float("nan"))
+        if landmarks is not None:
+            mp_uv = model.landmarks(uv, "mediapipe")
+            target = landmarks[:, : mp_uv.shape[1]]
+            size = (target.max(1).values - target.min(1).values).prod(1).sqrt()
+            rms = ((mp_uv - target).norm(dim=-1) ** 2).mean(1).sqrt() / size
         colors = [self._colors(img, uv[i], visible[i]) for i, img in enumerate(images)]
         euler = camera.matrix_to_euler(state.rotation)
         results = []

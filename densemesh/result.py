@@ -41,9 +41,11 @@ class FaceResult:
     landmarks68_2d (68, 2) px, jaw points on the visible outline; landmarks68_3d (68, 3) camera cm
     (the same vertices); pose; identity (100,); expression (53,) weights for ``expression_names``;
     box (4,) x0, y0, x1, y1 px; score in [0, 1]: face-detector confidence; fit_error: RMS distance
-    between the fitted surface and MediaPipe's 468 points, in face sizes (0.01 = 1 %); colors (N, 3) uint8 sampled from the photo (hidden vertices
-    get the mean visible colour); texture (H, W, 3) uint8 UV texture or None; source: what
-    produced the landmarks ("mediapipe"); refine: refinement level used; image_size (H, W).
+    between the fitted surface and MediaPipe's 468 points, in face sizes (0.01 = 1 %; NaN without
+    them); colors (N, 3) uint8 sampled from the photo (hidden vertices get the mean visible
+    colour); texture (H, W, 3) uint8 UV texture or None; source: what produced the mesh
+    ("mediapipe": fitted to MediaPipe's landmarks; "regressor": the network alone, for a face
+    MediaPipe boxes but cannot landmark); refine: refinement level used; image_size (H, W).
     """
 
     vertices: np.ndarray

@@ -269,3 +269,14 @@ def test_ict_to_arkit_mapping(face_model):
     a = dict(zip(ARKIT_COLUMNS, ict_to_arkit(w, names)))
     assert a["EyeBlinkLeft"] == 0.8 and a["EyeBlinkRight"] == 0 and a["JawOpen"] == 0.5
     assert a["BrowInnerUp"] == pytest.approx(0.4) and a["TongueOut"] == 0
+
+
+def test_refined_video_frames(source_frames, tmp_path):
+    from densemesh.pipeline import Reconstructor
+
+    clip = write_video(tmp_path / "three.mp4", source_frames[:3])
+    with Reconstructor(device="cpu", refine="fast", search="fast") as rec:
+        summary = VideoReconstructor(rec, VideoOptions(mesh_format=None)).run(clip, tmp_path / "out")
+    assert summary["refine"] == "fast" and [t["frames"] for t in summary["tracks"]] == [3]
+    with np.load(tmp_path / "out" / "track_00" / "landmarks.npz") as z:
+        assert np.isfinite(z["landmarks68_2d"]).all()

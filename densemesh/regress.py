@@ -1,0 +1,129 @@
+"""The regression network: a face crop -> identity, expression, head rotation and a
+weak-perspective camera, in one forward pass. It starts the landmark fit, and stands in for it
+where MediaPipe finds a face box but no landmarks (profiles).
+
+Input: :func:`densemesh.crop.regressor_crop` (128 px, 1.4 x the face box), RGB in [0, 1].
+Network: MobileNetV3-Small (torchvision, trained from scratch here) and a two-layer head.
+Outputs (see :class:`Prediction`): identity (100,) ~ N(0, 1); expression (53,) in [0, 1]
+(sigmoid); rotation (3, 3) from the continuous 6D representation; weak camera (3,): crop pixels
+per cm and the crop-pixel position of the model origin, so that
+``crop_uv = scale * (MODEL_TO_CAMERA @ R @ v)[:2] + offset``.
+The weights ship as ``templates/regressor.pt`` (model card: ``templates/REGRESSOR.md``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from densemesh import camera
+from densemesh.crop import REGRESSOR_SIZE
+
+WEIGHTS = Path(__file__).resolve().parent / "templates" / "regressor.pt"
+N_IDENTITY, N_EXPRESSION = 100, 53
+SCALE0 = 6.0  # crop px per cm of a typical face in the crop: the scale output's unit
+
+
+@dataclass
+class Prediction:
+    """Batched network outputs. identity (B, 100), expression (B, 53), rotation (B, 3, 3),
+    weak (B, 3): scale (crop px / cm) and offset (crop px)."""
+
+    identity: torch.Tensor
+    expression: torch.Tensor
+    rotation: torch.Tensor
+    weak: torch.Tensor
+
+
+class FaceRegressor(nn.Module):
+    """MobileNetV3-Small backbone + head -> :class:`Prediction`. Input (B, 3, 128, 128) in [0, 1]."""
+
+    def __init__(self):
+        super().__init__()
+        from torchvision.models import mobilenet_v3_small
+
+        backbone = mobilenet_v3_small(weights=None)
+        self.features = backbone.features  # (B, 576, 4, 4) at 128 px
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(576, 512), nn.Hardswish(),
+                                  nn.Dropout(0.1), nn.Linear(512, N_IDENTITY + N_EXPRESSION + 6 + 3))
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+        # the 6D output's offset: a frontal face at zero output
+        self.register_buffer("identity_6d", torch.tensor([[1.0, 0, 0, 0, 1.0, 0]]), persistent=False)
+
+    def forward(self, crops: torch.Tensor) -> Prediction:
+        out = self.head(self.features((crops - self.mean) / self.std))
+        ident, expr, rot6, cam = torch.split(out, [N_IDENTITY, N_EXPRESSION, 6, 3], dim=1)
+        weak = torch.cat([SCALE0 * torch.exp(cam[:, :1]), REGRESSOR_SIZE / 2 + REGRESSOR_SIZE / 4 * cam[:, 1:]], 1)
+        return Prediction(ident, torch.sigmoid(expr - 3.0), camera.rotation_6d_to_matrix(rot6 + self.identity_6d), weak)
+
+
+def to_tensor(crops: np.ndarray | list[np.ndarray]) -> torch.Tensor:
+    """(B, 128, 128, 3) uint8 crops -> (B, 3, 128, 128) float in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(np.stack(crops))).permute(0, 3, 1, 2).float() / 255.0
+
+
+def load_regressor(path: str | Path | None = None, device: str | torch.device = "cpu") -> FaceRegressor:
+    """The shipped weights (or ``path``), in eval mode. Raises FileNotFoundError when missing."""
+    path = Path(path or WEIGHTS)
+    if not path.exists():
+        raise FileNotFoundError(f"regressor weights not found: {path}")
+    net = FaceRegressor()
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    net.load_state_dict(state["model"] if "model" in state else state)
+    return net.to(device).eval()
+
+
+def export_onnx(net: FaceRegressor, path: str | Path) -> Path:
+    """ONNX export of the raw network (input "crops" (B, 3, 128, 128) in [0, 1]; outputs identity,
+    expression, rotation, weak), for ONNX Runtime deployments."""
+
+    class Flat(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            p = self.inner(x)
+            return p.identity, p.expression, p.rotation, p.weak
+
+    dummy = torch.zeros(1, 3, REGRESSOR_SIZE, REGRESSOR_SIZE)
+    torch.onnx.export(Flat(net.cpu().eval()), dummy, str(path), input_names=["crops"],
+                      output_names=["identity", "expression", "rotation", "weak"],
+                      dynamic_axes={"crops": {0: "batch"}}, opset_version=17, dynamo=False)
+    return Path(path)
+
+
+class Regressor:
+    """Runs the network on face boxes: ONNX Runtime on the CPU (``regressor.onnx``, one thread:
+    the fastest here), PyTorch elsewhere (``regressor.pt``, batched on a GPU).
+
+    path: a ``.pt`` or ``.onnx`` weights file (default: the shipped pair); device: torch device.
+    """
+
+    def __init__(self, path: str | Path | None = None, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        path = Path(path) if path is not None else None
+        onnx_path = path if path is not None and path.suffix == ".onnx" else \
+            (WEIGHTS.with_suffix(".onnx") if path is None else None)
+        self._session = None
+        if self.device.type == "cpu" and onnx_path is not None and onnx_path.exists():
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = 1
+            self._session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        else:
+            self._net = load_regressor(path if path is not None and path.suffix != ".onnx" else None, self.device)
+
+    def __call__(self, crops: list[np.ndarray]) -> Prediction:
+        """(128, 128, 3) uint8 crops (:func:`densemesh.crop.regressor_crop`) -> batched Prediction."""
+        x = to_tensor(crops)
+        if self._session is not None:
+            outs = self._session.run(None, {"crops": x.numpy()})
+            return Prediction(*(torch.from_numpy(o) for o in outs))
+        with torch.no_grad():
+            return self._net(x.to(self.device))

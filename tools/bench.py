@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Speed and memory benchmarks (printed numbers; the targets of DESIGN.md are checked here, not
+in unit tests).
+
+    python tools/bench.py [--only image,regressor,video,memory]
+
+image     - per-stage CPU time per face of the photo pipeline (detection, regression, landmark
+            fit, description: visibility, 68 points, colours), and refine fast / full, on the
+            astronaut (median of repeated runs, models loaded once);
+regressor - the network on one face crop: ONNX Runtime (1 thread) and PyTorch, batch 1 and 64;
+video     - frames/s of the video pipeline (no refinement) on a talking-head clip resized to
+            480p and 720p, with and without per-frame OBJ files;
+memory    - peak resident memory for the same clip looped to 300 and to 1,200 frames.
+Run on an otherwise idle machine; the numbers are wall-clock.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+CLIP = ROOT.parent / "shared" / "video" / "talking_d3.mp4"
+
+
+def timed(fn, repeat: int = 5):
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_image() -> None:
+    from skimage import data
+
+    from densemesh.pipeline import Reconstructor
+
+    image = data.astronaut()
+    with Reconstructor(device="cpu", refine="none", search="fast") as rec:
+        dets = rec.detector.detect(image)
+        stages = {
+            "detect (MediaPipe + score)": lambda: rec.detector.detect(image),
+            "regress (network)": lambda: rec.regress([image], dets) if rec.regressor else None,
+            "fit (regressor start + LM)": lambda: rec.fit_detections([image], dets, refine="none"),
+            "describe (z-buffer, 68 pts, colours)": lambda: rec.reconstruct_detections(
+                [image], dets, state=rec.fit_detections([image], dets, refine="none")[0]),
+            "whole photo, refine=none": lambda: rec(image),
+        }
+        print("photo pipeline on the astronaut (1 face), CPU, median of 5:")
+        for name, fn in stages.items():
+            print(f"  {name:40s} {1000 * timed(fn):8.1f} ms")
+        for level in ("fast", "full"):
+            t = timed(lambda: rec.fit_detections([image], dets, refine=level), repeat=2)
+            print(f"  {'landmark fit + refine=' + level:40s} {1000 * t:8.1f} ms")
+
+
+def bench_regressor() -> None:
+    import torch
+
+    from densemesh.regress import WEIGHTS, Regressor, load_regressor
+
+    crop = np.random.default_rng(0).integers(0, 255, (128, 128, 3), np.uint8)
+    print("regressor, one 128 px crop:")
+    if WEIGHTS.with_suffix(".onnx").exists():
+        ort = Regressor()
+        print(f"  ONNX Runtime, 1 thread, batch 1   {1000 * timed(lambda: ort([crop]), 50):8.2f} ms")
+    net = load_regressor()
+    x1 = torch.rand(1, 3, 128, 128)
+    x64 = torch.rand(64, 3, 128, 128)
+    with torch.no_grad():
+        print(f"  PyTorch, batch 1                  {1000 * timed(lambda: net(x1), 20):8.2f} ms")
+        print(f"  PyTorch, batch 64 (per face)      {1000 * timed(lambda: net(x64), 3) / 64:8.2f} ms")
+
+
+def resized_clip(folder: Path, height: int, loops: int = 1) -> Path:
+    import av
+
+    from densemesh.video import VideoReader
+
+    reader = VideoReader(CLIP)
+    frames = [f.image for f in reader.frames()]
+    reader.close()
+    width = height * 16 // 9 // 2 * 2
+    path = folder / f"clip_{height}p_{loops}.mp4"
+    import cv2
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for _ in range(loops):
+            for f in frames:
+                canvas = np.zeros((height, width, 3), np.uint8)
+                face = cv2.resize(f, (height, height))
+                canvas[:, (width - height) // 2:(width - height) // 2 + height] = face
+                for packet in stream.encode(av.VideoFrame.from_ndarray(canvas, format="rgb24")):
+                    out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def bench_video() -> None:
+    from densemesh.pipeline import Reconstructor
+    from densemesh.video import VideoOptions, VideoReconstructor
+
+    print(f"video pipeline, CPU, no refinement ({CLIP.name}, {CLIP.stat().st_size // 1024} KiB, resized):")
+    with tempfile.TemporaryDirectory() as tmp, Reconstructor(device="cpu", refine="none") as rec:
+        for height in (480, 720):
+            clip = resized_clip(Path(tmp), height)
+            for fmt in (None, "obj"):
+                summary = VideoReconstructor(rec, VideoOptions(mesh_format=fmt)).run(clip, Path(tmp) / f"o{height}{fmt}")
+                print(f"  {height}p, frames: {str(fmt):5s}  {summary['fps_processed']:6.1f} frames/s "
+                      f"({summary['frames_processed']} frames)")
+
+
+def bench_memory() -> None:
+    print("peak memory of a video run (one process each):")
+    with tempfile.TemporaryDirectory() as tmp:
+        for loops in (1, 4):
+            clip = resized_clip(Path(tmp), 480, loops)
+            code = ("import resource, sys; from densemesh.pipeline import Reconstructor; "
+                    "from densemesh.video import VideoOptions, VideoReconstructor; "
+                    "rec = Reconstructor(device='cpu', refine='none'); "
+                    f"s = VideoReconstructor(rec, VideoOptions(mesh_format=None)).run(r'{clip}', r'{tmp}/m{loops}'); "
+                    "print(s['frames_processed'], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+            frames, rss = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                         check=True).stdout.split()[-2:]
+            print(f"  {frames:>5s} frames: peak RSS {int(rss) / 1024:.0f} MiB")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", default="image,regressor,video,memory")
+    args = ap.parse_args(argv)
+    for part in args.only.split(","):
+        {"image": bench_image, "regressor": bench_regressor, "video": bench_video, "memory": bench_memory}[part]()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
