@@ -7,7 +7,7 @@ import torch
 from skimage import data
 
 import densemesh
-from densemesh.crop import regressor_crop
+from densemesh.crop import box_from_head, regressor_crop
 from densemesh.detect import Detection
 from densemesh.regress import WEIGHTS, Regressor, export_onnx, load_regressor
 
@@ -51,6 +51,22 @@ def test_onnx_runtime_and_pytorch_agree(tmp_path):
     path = export_onnx(load_regressor(), tmp_path / "r.onnx")
     again = Regressor(path)([crop])
     assert torch.allclose(again.rotation, ort_out.rotation, atol=0.02)
+
+
+def test_head_to_box_has_the_size_of_the_landmark_box(astronaut_faces):
+    """HEAD_TO_BOX (measured on UTKFace labels) gives an unseen face's fitted head a box the size
+    of its MediaPipe landmark box: the crop a detector-only box is re-cut to has the training scale."""
+    full, _ = astronaut_faces
+    pose = full.pose
+    # the weak-perspective view of the fit, taken at the face's depth (as the training labels were)
+    centroid = full.vertices_camera.mean(0)
+    scale = pose.focal / centroid[2]  # px per cm
+    origin = pose.focal * centroid[:2] / centroid[2] + pose.principal - scale * (centroid - pose.translation)[:2]
+    box = box_from_head(origin[None], np.array([scale]))[0]
+    truth = full.box
+    side = max(truth[2:] - truth[:2])
+    assert abs((box[2] - box[0]) / side - 1) < 0.1
+    assert np.abs((box[:2] + box[2:]) / 2 - (truth[:2] + truth[2:]) / 2).max() < 0.2 * side  # pitch moves it
 
 
 def test_a_box_without_landmarks_gets_the_regressor(astronaut_faces):
