@@ -83,19 +83,21 @@ class FaceModel(torch.nn.Module):
     def num_expression(self) -> int:
         return self.expression_basis.shape[0]
 
-    def decode(self, identity: torch.Tensor | None = None,
-               expression: torch.Tensor | None = None) -> torch.Tensor:
+    def decode(self, identity: torch.Tensor | None = None, expression: torch.Tensor | None = None,
+               vertices: torch.Tensor | None = None) -> torch.Tensor:
         """identity (B, 100), expression (B, 53) -> vertices (B, N, 3) in model cm.
 
         Either may be None (zeros); B comes from whichever is given (1 if neither).
+        vertices: indices (V,) to decode only those -> (B, V, 3).
         Differentiable; runs on the model's device and dtype.
         """
+        pick = slice(None) if vertices is None else vertices
         batch = next((x.shape[0] for x in (identity, expression) if x is not None), 1)
-        out = self.mean.expand(batch, -1, -1)
+        out = self.mean[pick].expand(batch, -1, -1)
         if identity is not None:
-            out = out + torch.einsum("bk,knc->bnc", identity.to(self.mean), self.identity_basis)
+            out = out + torch.einsum("bk,knc->bnc", identity.to(self.mean), self.identity_basis[:, pick])
         if expression is not None:
-            out = out + torch.einsum("bk,knc->bnc", expression.to(self.mean), self.expression_basis)
+            out = out + torch.einsum("bk,knc->bnc", expression.to(self.mean), self.expression_basis[:, pick])
         return out
 
     def expression_vector(self, weights: dict[str, float], batch: int = 1) -> torch.Tensor:

@@ -163,14 +163,14 @@ class Reconstructor:
         (:data:`densemesh.crop.HEAD_TO_BOX`): on held-out synthetic profiles beyond 60 degrees
         of yaw this cuts the pipeline's NME from 20.8 to 17.2 % (tools/eval_profiles.py; a box
         round the first pass's own landmarks instead: 21.2 %)."""
-        boxes = np.stack([d.box for d in detections])
-        passes = 1 if detections[0].landmarks is not None else 2
-        for _ in range(passes):
-            crops = [regressor_crop(img, box) for img, box in zip(images, boxes)]
-            pred = self.regressor([c.image for c in crops])
+        crops = [regressor_crop(img, d.box) for img, d in zip(images, detections)]
+        pred = self.regressor([c.image for c in crops])
+        if detections[0].landmarks is None:  # re-crop round the head the first pass found
             weak = pred.weak.cpu().numpy()
-            scale_px = weak[:, 0] / [c.scale for c in crops]
-            boxes = box_from_head(np.stack([c.to_image(o) for c, o in zip(crops, weak[:, 1:])]), scale_px)
+            heads = box_from_head(np.stack([c.to_image(o) for c, o in zip(crops, weak[:, 1:])]),
+                                  weak[:, 0] / [c.scale for c in crops])
+            crops = [regressor_crop(img, box) for img, box in zip(images, heads)]
+            pred = self.regressor([c.image for c in crops])
         dev, b = self.device, len(detections)
         k = torch.tensor([c.scale for c in crops], dtype=torch.float32, device=dev)
         off = torch.tensor(np.stack([c.offset for c in crops]), dtype=torch.float32, device=dev)

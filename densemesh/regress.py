@@ -68,11 +68,8 @@ def to_tensor(crops: np.ndarray | list[np.ndarray]) -> torch.Tensor:
 
 def load_regressor(path: str | Path | None = None, device: str | torch.device = "cpu") -> FaceRegressor:
     """The shipped weights (or ``path``), in eval mode. Raises FileNotFoundError when missing."""
-    path = Path(path or WEIGHTS)
-    if not path.exists():
-        raise FileNotFoundError(f"regressor weights not found: {path}")
     net = FaceRegressor()
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = torch.load(Path(path or WEIGHTS), map_location="cpu", weights_only=True)
     net.load_state_dict(state["model"] if "model" in state else state)
     return net.to(device).eval()
 
@@ -101,23 +98,27 @@ class Regressor:
     """Runs the network on face boxes: ONNX Runtime on the CPU (``regressor.onnx``, one thread:
     the fastest here), PyTorch elsewhere (``regressor.pt``, batched on a GPU).
 
-    path: a ``.pt`` or ``.onnx`` weights file (default: the shipped pair); device: torch device.
+    path: a ``.pt`` (PyTorch, on ``device``) or ``.onnx`` (ONNX Runtime, CPU) weights file;
+    default: the shipped ``.onnx`` on the CPU, the shipped ``.pt`` elsewhere. Raises
+    FileNotFoundError when the file is missing.
     """
 
     def __init__(self, path: str | Path | None = None, device: str | torch.device = "cpu"):
         self.device = torch.device(device)
-        path = Path(path) if path is not None else None
-        onnx_path = path if path is not None and path.suffix == ".onnx" else \
-            (WEIGHTS.with_suffix(".onnx") if path is None else None)
-        self._session = None
-        if self.device.type == "cpu" and onnx_path is not None and onnx_path.exists():
+        if path is None:
+            path = WEIGHTS.with_suffix(".onnx") if self.device.type == "cpu" else WEIGHTS
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"regressor weights not found: {path}")
+        self._session = self._net = None
+        if path.suffix == ".onnx":
             import onnxruntime as ort
 
             options = ort.SessionOptions()
             options.intra_op_num_threads = 1
-            self._session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+            self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         else:
-            self._net = load_regressor(path if path is not None and path.suffix != ".onnx" else None, self.device)
+            self._net = load_regressor(path, self.device)
 
     def __call__(self, crops: list[np.ndarray]) -> Prediction:
         """(128, 128, 3) uint8 crops (:func:`densemesh.crop.regressor_crop`) -> batched Prediction."""

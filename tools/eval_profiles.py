@@ -53,7 +53,7 @@ def main(argv=None) -> int:
             gt = truth[i]
             norm = np.sqrt(np.prod(gt.max(0) - gt.min(0)))
             p = net([crops[i]])
-            reg = camera.project_weak(rec.model.decode(p.identity, p.expression)[:, rec.model.ibug68], p.rotation,
+            reg = camera.project_weak(rec.model.decode(p.identity, p.expression, rec.model.ibug68), p.rotation,
                                       p.weak[:, 0], p.weak[:, 1:])[0].numpy()
             # the pipeline sees the view inside a frame (a turned head leaves the 128 px crop) at 2x
             photo = cv2.resize(cv2.copyMakeBorder(crops[i], PAD, PAD, PAD, PAD, cv2.BORDER_REPLICATE), None,

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from densemesh import camera  # noqa: E402
 from densemesh.crop import REGRESSOR_SIZE  # noqa: E402
 from densemesh.facemodel import FaceModel  # noqa: E402
-from densemesh.regress import FaceRegressor, Prediction, export_onnx  # noqa: E402
+from densemesh.regress import FaceRegressor, Prediction, export_onnx, to_tensor  # noqa: E402
 
 FIELDS = ("crop", "identity", "expression", "rotation", "weak", "landmarks68")
 
@@ -154,18 +154,16 @@ class Criterion:
         g = torch.Generator().manual_seed(seed)
         self.subset = torch.randperm(model.num_vertices, generator=g)[:1000]
         self.model = model
-        self.mean = model.mean[self.subset]
-        self.basis = torch.cat([model.identity_basis, model.expression_basis])[:, self.subset]  # (P, V, 3)
         self.w = weights
 
     def posed(self, identity, expression, rotation, weak):
-        coeffs = torch.cat([identity, expression], 1)
-        verts = self.mean + torch.einsum("bp,pvc->bvc", coeffs, self.basis)
+        """The subset's vertices in crop px (x, y) and px-scaled depth: (B, 1000, 3)."""
+        verts = self.model.decode(identity, expression, self.subset)
         turned = verts @ (camera.MODEL_TO_CAMERA @ rotation).transpose(1, 2)
         return weak[:, :1, None] * turned + torch.cat([weak[:, 1:], torch.zeros_like(weak[:, :1])], 1)[:, None]
 
     def landmarks(self, pred: Prediction):
-        verts = self.model.decode(pred.identity, pred.expression)[:, self.model.ibug68]
+        verts = self.model.decode(pred.identity, pred.expression, self.model.ibug68)
         return camera.project_weak(verts, pred.rotation, pred.weak[:, 0], pred.weak[:, 1:])
 
     def sample_weights(self, rotation, expression):
@@ -195,7 +193,7 @@ def to_batch(data: dict, idx: np.ndarray, rng=None) -> tuple[torch.Tensor, dict]
         crops, lm, weak = augment(crops, lm, weak, rng)
     else:
         crops = np.stack([fill_margin(c, None, crops) for c in crops])
-    x = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255.0
+    x = to_tensor(crops)
     label = {"identity": torch.from_numpy(data["identity"][idx]).float(),
              "expression": torch.from_numpy(data["expression"][idx]).float(),
              "rotation": torch.from_numpy(data["rotation"][idx]).float(),
