@@ -214,7 +214,10 @@ def closest_on_triangles(points, verts, tris):
     closest, dist, tri_id = trimesh.proximity.closest_point(mesh, points)
     corners = tris[tri_id]
     bary = trimesh.triangles.points_to_barycentric(verts[corners], closest)
-    return corners, np.clip(bary, 0.0, 1.0) / np.clip(bary, 0.0, 1.0).sum(1, keepdims=True), dist
+    bary = np.clip(bary, 0.0, 1.0) / np.clip(bary, 0.0, 1.0).sum(1, keepdims=True)
+    # rounded to 1e-6 so the asset does not hang on the last bits of a library's arithmetic
+    # (trimesh / numpy releases differ by ~1e-14 here)
+    return corners, np.round(bary, 6), dist
 
 
 def closest_on_polyline(points, verts, chain):
