@@ -113,6 +113,44 @@ def _inside(a: np.ndarray, b: np.ndarray) -> bool:
     return b[0] <= cx <= b[2] and b[1] <= cy <= b[3]
 
 
+def head_box(face_box: np.ndarray) -> np.ndarray:
+    """(4,) landmark-extent box (forehead to chin) -> (4,) box round the whole head: 1.5 times
+    as large, reaching 0.45 face heights above the forehead (hair) and just below the chin."""
+    size = face_box[2:] - face_box[:2]
+    center = (face_box[:2] + face_box[2:]) / 2 - [0.0, 0.2 * size[1]]
+    return np.concatenate([center - 0.75 * size, center + 0.75 * size])
+
+
+def landmark_extent(detector_box: np.ndarray) -> np.ndarray:
+    """(4,) MediaPipe face-detector box -> (4,) the landmark extent it implies (BOX_TO_LANDMARK_EXTENT)."""
+    size = detector_box[2:] - detector_box[:2]
+    center = (detector_box[:2] + detector_box[2:]) / 2 + np.asarray(BOX_TO_LANDMARK_EXTENT["center"]) * size
+    half = np.asarray(BOX_TO_LANDMARK_EXTENT["size"]) * size / 2
+    return np.concatenate([center - half, center + half])
+
+
+def same_face(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether boxes a and b (x0, y0, x1, y1) are one face: they overlap (IoU >= 0.3), or the
+    centre of the smaller lies in the larger (a tile's or a second detector's find of a face
+    already found, framed differently, or of a part of it)."""
+    if _box_iou(a, b) >= 0.3:
+        return True
+    area = lambda x: max(x[2] - x[0], 0) * max(x[3] - x[1], 0)  # noqa: E731
+    small, large = (a, b) if area(a) <= area(b) else (b, a)
+    return _inside(small, large)
+
+
+def suppress_duplicates(found: list["Detection"]) -> list["Detection"]:
+    """One detection per face: detections with landmarks first, then by confidence; a detection
+    that is the same face (:func:`same_face`) as one already kept is dropped."""
+    order = sorted(found, key=lambda d: (d.landmarks is None, -np.nan_to_num(d.score, nan=0.0)))
+    kept: list[Detection] = []
+    for det in order:
+        if not any(same_face(det.box, k.box) for k in kept):
+            kept.append(det)
+    return kept
+
+
 def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
     w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
@@ -126,17 +164,26 @@ class MediaPipeDetector:
 
     max_faces: most faces returned (the largest ones); search: "fast" (whole image only) or
     "thorough" (also overlapping tiles, finds small faces); mode: "image" or "video";
-    boxes_without_landmarks: also return faces MediaPipe's face detector finds (confidence >=
-    ``box_confidence``) where the landmarker gives up (profiles), as detections without landmarks.
+    boxes_without_landmarks: also return faces MediaPipe's face detector finds where the landmarker
+    gives up (profiles), as detections without landmarks: candidates the detector scores at least
+    ``candidate_confidence`` in the image or its mirror image (or, in "thorough" mode, in a tile),
+    kept when a re-centred look at them reaches ``box_confidence`` (see :meth:`boxes`). The
+    detector is made for frontal faces: it scores real profiles 0.3-0.6 in a whole image, while a
+    re-centred, mirrored look often gives 0.6-0.8 (AFLW validation split, tools/eval_aflw.py).
+    Every face is reported once (:func:`suppress_duplicates`).
     Use as a context manager or call :meth:`close`.
     """
 
     MIN_TILE = 160  # px: smaller tiles add nothing the whole-image pass cannot see
+    #: a tile's face-detector box (see :meth:`boxes`): its own score and its look's; measured on
+    #: 45 photos and video frames, lower values let texture through (the astronaut's suit)
+    TILE_BOX_CONFIDENCE, TILE_BOX_LOOK = 0.5, 0.8
     SCORE_CROP = 256  # px: the verification crop, 2.5 face sizes wide
 
     def __init__(self, max_faces: int = 8, search: str = "thorough", mode: str = "image",
                  min_confidence: float = 0.5, tile_confidence: float = 0.65,
-                 boxes_without_landmarks: bool = False, box_confidence: float = 0.6):
+                 boxes_without_landmarks: bool = False, box_confidence: float = 0.5,
+                 candidate_confidence: float = 0.2):
         if search not in SEARCH_MODES:
             raise ValueError(f"search must be one of {SEARCH_MODES}, got {search!r}")
         if max_faces < 1:
@@ -146,6 +193,7 @@ class MediaPipeDetector:
         self.max_faces, self.search, self.mode = max_faces, search, mode
         self.tile_confidence = tile_confidence
         self.boxes_without_landmarks, self.box_confidence = boxes_without_landmarks, box_confidence
+        self.candidate_confidence = candidate_confidence
         task = face_landmarker_task()
         running = {"image": vision.RunningMode.IMAGE, "video": vision.RunningMode.VIDEO}[mode]
         options = vision.FaceLandmarkerOptions(
@@ -201,72 +249,202 @@ class MediaPipeDetector:
             return sorted(found, key=lambda d: -d.size)[: self.max_faces]
         for det in found:
             det.score = self.score(image, det.box)
-        if self.search == "thorough":
-            for det in self._tiles(image):  # whole-image finds win over tile finds of the same face
-                if all(_box_iou(det.box, k.box) < 0.3 for k in found):
+        if self.search == "thorough":  # a tile's find on a found face's head is a part of it (hair, an ear)
+            for det in self._tiles(image):
+                if not any(same_face(det.box, head_box(k.box)) for k in found):
                     det.score = self.score(image, det.box)
                     if det.score >= self.tile_confidence:
                         found.append(det)
         if self.boxes_without_landmarks:
-            found += [d for d in self._boxes(image) if not any(_inside(d.box, k.box) for k in found)]
+            heads = [head_box(k.box) for k in found]
+            found += self.boxes(image, heads)
+        found = suppress_duplicates(found)
         found.sort(key=lambda d: -d.size)
         return found[: self.max_faces]
 
-    def _boxes(self, image: np.ndarray) -> list[Detection]:
-        """The face detector's confident boxes over the whole image, as landmark-free detections."""
+    def _detector_boxes(self, image: np.ndarray) -> list[tuple[np.ndarray, float]]:
+        """The face detector's (box x0, y0, x1, y1 px, score) finds in ``image`` and, mirrored
+        back, in its mirror image, scoring at least ``candidate_confidence``."""
         import mediapipe as mp
 
-        with quiet_native_logs():
-            result = self._scorer.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(image)))
-        found = []
-        for d in result.detections:
-            if d.categories[0].score < self.box_confidence:
+        w = image.shape[1]
+        out = []
+        for flip in (False, True):
+            view = np.ascontiguousarray(image[:, ::-1] if flip else image)
+            with quiet_native_logs():
+                result = self._scorer.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=view))
+            for d in result.detections:
+                if d.categories[0].score < self.candidate_confidence:
+                    continue
+                b = d.bounding_box
+                x0, x1 = b.origin_x, b.origin_x + b.width
+                if flip:
+                    x0, x1 = w - 1 - x1, w - 1 - x0
+                out.append((np.array([x0, b.origin_y, x1, b.origin_y + b.height], float), d.categories[0].score))
+        return out
+
+    def boxes(self, image: np.ndarray, known: list[np.ndarray] = ()) -> list[Detection]:
+        """Faces the face detector finds where the landmarker gives up, as landmark-free
+        detections, one per face. Candidates (not the same face as a ``known`` box; the best of
+        overlapping ones) are looked at again in a re-centred crop and its mirror image
+        (:meth:`look`), which also frames them; kept when that look scores ``box_confidence``
+        (a whole-image candidate) or ``TILE_BOX_LOOK`` (a tile's, in "thorough" mode, which must
+        also score ``TILE_BOX_CONFIDENCE`` itself: tiles of texture fool the detector). Box
+        mapped onto the landmark extent (BOX_TO_LANDMARK_EXTENT), score the look's."""
+        h, w = image.shape[:2]
+        raw = [(b, sc, self.box_confidence) for b, sc in self._detector_boxes(image)]
+        if self.search == "thorough":
+            for x, y, side in self._tile_grid(h, w):
+                raw += [(b + (x, y, x, y), sc, self.TILE_BOX_LOOK)
+                        for b, sc in self._detector_boxes(image[y:y + side, x:x + side])
+                        if sc >= self.TILE_BOX_CONFIDENCE]
+        candidates = []  # [box, the look it needs]: the best-scored of a face's, the mildest need
+        for box, sc, need in sorted(raw, key=lambda r: -r[1]):
+            if any(same_face(box, k) for k in known):
                 continue
-            b = d.bounding_box
-            size = np.array([b.width, b.height], float)
-            center = np.array([b.origin_x, b.origin_y], float) + size / 2 \
-                + np.asarray(BOX_TO_LANDMARK_EXTENT["center"]) * size
-            half = np.asarray(BOX_TO_LANDMARK_EXTENT["size"]) * size / 2
-            found.append(Detection(np.concatenate([center - half, center + half]), None,
-                                   score=float(d.categories[0].score)))
-        return found
+            twin = next((c for c in candidates if same_face(box, c[0])), None)
+            if twin is None:
+                candidates.append([box, need])
+            else:
+                twin[1] = min(twin[1], need)
+        found = []
+        for box, need in candidates:
+            framed, score = self.look(image, box, mirrored=True)
+            if score >= need:
+                found.append(Detection(landmark_extent(framed), None, score=score))
+        return suppress_duplicates(found)
 
     def score(self, image: np.ndarray, box: np.ndarray) -> float:
         """Face-detector confidence on a square crop 2.5 face sizes wide centred on ``box``:
         the best detection covering the crop's centre, 0 if none."""
+        return self.look(image, box)[1]
+
+    def look(self, image: np.ndarray, box: np.ndarray, mirrored: bool = False) -> tuple[np.ndarray, float]:
+        """The face detector on a square crop 2.5 face sizes wide centred on ``box`` (and its
+        mirror image when ``mirrored``): (detector box (4,) image px, score) of the best
+        detection covering the crop's centre; (box, 0) if none."""
         import mediapipe as mp
 
         from densemesh.crop import crop_square, square_box
 
         crop = crop_square(image, square_box(box, 2.5), self.SCORE_CROP)
-        with quiet_native_logs():
-            result = self._scorer.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=crop.image))
-        mid = self.SCORE_CROP / 2
-        return max((d.categories[0].score for d in result.detections
-                    if d.bounding_box.origin_x <= mid <= d.bounding_box.origin_x + d.bounding_box.width
-                    and d.bounding_box.origin_y <= mid <= d.bounding_box.origin_y + d.bounding_box.height),
-                   default=0.0)
+        mid, side = self.SCORE_CROP / 2, self.SCORE_CROP
+        best = (np.asarray(box, float), 0.0)
+        for flip in (False, True) if mirrored else (False,):
+            view = np.ascontiguousarray(crop.image[:, ::-1] if flip else crop.image)
+            with quiet_native_logs():
+                result = self._scorer.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=view))
+            for d in result.detections:
+                b = d.bounding_box
+                x0, x1 = (side - 1 - b.origin_x - b.width, side - 1 - b.origin_x) if flip else \
+                    (b.origin_x, b.origin_x + b.width)
+                if x0 <= mid <= x1 and b.origin_y <= mid <= b.origin_y + b.height and d.categories[0].score > best[1]:
+                    corners = crop.to_image(np.array([[x0, b.origin_y], [x1, b.origin_y + b.height]], float))
+                    best = (corners.reshape(4), float(d.categories[0].score))
+        return best
 
-    def _tiles(self, image: np.ndarray) -> list[Detection]:
-        """Scan overlapping square tiles of 1/2 and 1/4 of the shorter side (stride half a tile):
-        a face up to half a tile wide lies whole in at least one tile."""
-        h, w = image.shape[:2]
-        found = []
+    def _tile_grid(self, h: int, w: int) -> list[tuple[int, int, int]]:
+        """(x, y, side) of overlapping square tiles of 1/2 and 1/4 of the shorter side (stride
+        half a tile): a face up to half a tile wide lies whole in at least one tile."""
+        grid = []
         for side in (min(h, w) // 2, min(h, w) // 4):
             if side < self.MIN_TILE:
                 break
             step = side // 2
+            grid += [(x, y, side) for y in sorted({*range(0, h - side + 1, step), h - side})
+                     for x in sorted({*range(0, w - side + 1, step), w - side})]
+        return grid
+
+    def _tiles(self, image: np.ndarray) -> list[Detection]:
+        """The landmarker's finds in the tiles of :meth:`_tile_grid` (faces cut by a tile's edge
+        left to the tile that holds them whole)."""
+        h, w = image.shape[:2]
+        found = []
+        for x, y, side in self._tile_grid(h, w):
             margin = 0.01 * side
-            for y in sorted({*range(0, h - side + 1, step), h - side}):
-                for x in sorted({*range(0, w - side + 1, step), w - side}):
-                    for det in self._run(image[y:y + side, x:x + side], None):
-                        b = det.box
-                        cut = ((b[0] < margin and x > 0) or (b[1] < margin and y > 0)
-                               or (b[2] > side - 1 - margin and x + side < w)
-                               or (b[3] > side - 1 - margin and y + side < h))
-                        if cut:  # a face cut by the tile's edge: another tile sees it whole
-                            continue
-                        det.landmarks[:, :2] += (x, y)
-                        det.box = det.box + (x, y, x, y)
-                        found.append(det)
+            for det in self._run(image[y:y + side, x:x + side], None):
+                b = det.box
+                cut = ((b[0] < margin and x > 0) or (b[1] < margin and y > 0)
+                       or (b[2] > side - 1 - margin and x + side < w)
+                       or (b[3] > side - 1 - margin and y + side < h))
+                if cut:  # a face cut by the tile's edge: another tile sees it whole
+                    continue
+                det.landmarks[:, :2] += (x, y)
+                det.box = det.box + (x, y, x, y)
+                found.append(det)
         return found
+
+
+class VideoFaceFinder:
+    """Faces in a frame stream: what the photo path finds, kept from frame to frame.
+
+    Every frame: MediaPipe's landmarker in video mode (its own tracking) over the whole frame.
+    Every ``search_every`` frames (the detection frames, the first included): the photo search
+    (image mode, ``search="thorough"``: tiles for small faces, face-detector boxes for profiles
+    when ``boxes_without_landmarks``). A face the search finds and the video landmarker does not
+    becomes a region of interest that is followed on the frames in between: the landmarker in
+    image mode on a crop round its last box, else the face detector there (box only); it ends
+    when neither finds it. Every face is reported once (:func:`suppress_duplicates`).
+    ``detect`` runs on one thread (the caller's detection thread), ``score`` may run on another.
+    """
+
+    ROI_ENLARGE = 2.0   # crop side, in landmark-extent box sides, round a followed face
+    ROI_MIN_SIDE = 192  # px: a small face's crop is upscaled to this (the landmarker's comfort)
+
+    def __init__(self, max_faces: int = 8, search_every: int = 15, boxes_without_landmarks: bool = False):
+        self.max_faces, self.search_every = max_faces, search_every
+        self.video = MediaPipeDetector(max_faces=max_faces, search="fast", mode="video")
+        self.photo = MediaPipeDetector(max_faces=max_faces, search="thorough", mode="image",
+                                       boxes_without_landmarks=boxes_without_landmarks)
+        self._frames = 0
+        self._rois: list[Detection] = []
+
+    def close(self) -> None:
+        self.video.close()
+        self.photo.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def score(self, image: np.ndarray, box: np.ndarray) -> float:
+        """See :meth:`MediaPipeDetector.score` (the video detector's scorer: thread of its own)."""
+        return self.video.score(image, box)
+
+    def detect(self, image: np.ndarray, timestamp_ms: int | None = None) -> list[Detection]:
+        """(H, W, 3) uint8 RGB frame -> detections, largest first."""
+        found = self.video.detect(image, timestamp_ms)
+        heads = [head_box(k.box) for k in found]
+        if self._frames % self.search_every == 0:
+            rois = self.photo.detect(image)
+        else:
+            rois = [d for d in (self._follow(image, r) for r in self._rois) if d is not None]
+        rois = [d for d in rois if not any(same_face(d.box, h if d.landmarks is None else k.box)
+                                           for h, k in zip(heads, found))]
+        self._frames += 1
+        self._rois = suppress_duplicates(rois)
+        found = suppress_duplicates([*found, *self._rois])
+        found.sort(key=lambda d: -d.size)
+        return found[: self.max_faces]
+
+    def _follow(self, image: np.ndarray, roi: Detection) -> Detection | None:
+        """The face of ``roi`` (last frame's detection) in this frame, or None."""
+        from densemesh.crop import crop_square, square_box
+
+        box = square_box(roi.box, self.ROI_ENLARGE)
+        side = max(self.ROI_MIN_SIDE, int(np.ceil(box[2] - box[0])))
+        crop = crop_square(image, box, side)
+        near = [d for d in self.photo._run(crop.image, None) if _inside(d.box, [0, 0, side, side])]
+        if near:
+            det = min(near, key=lambda d: np.linalg.norm((d.box[:2] + d.box[2:]) / 2 - side / 2))
+            det.landmarks[:, :2] = crop.to_image(det.landmarks[:, :2])
+            det.landmarks[:, 2] /= crop.scale
+            det.box = np.concatenate([crop.to_image(det.box[:2]), crop.to_image(det.box[2:])])
+            det.score = roi.score
+            return det
+        framed, score = self.photo.look(image, roi.box, mirrored=True)
+        if score < self.photo.box_confidence:
+            return None
+        return Detection(landmark_extent(framed), None, score=score)

@@ -210,6 +210,7 @@ def write_face(folder: str | Path, result, model, formats=FACE_FORMATS, space: s
         written.append(write_json(folder / "landmarks.json", {
             "units": {"2d": "pixels", "3d": "camera-space centimetres", "angles": "degrees"},
             "landmarks68_2d": result.landmarks68_2d, "landmarks68_3d": result.landmarks68_3d,
+            "landmarks68_projected": result.landmarks68_projected,
             **result.summary(), "expressions": result.expressions}))
     return written
 
@@ -409,7 +410,8 @@ class TrackWriter:
     ``folder/``: ``frames/NNNNNN.obj|ply`` (NNNNNN = video frame number, one topology),
     ``vertices.npy`` (T, N, 3) float32 cm, ``coefficients.csv`` (frame, time s, yaw / pitch / roll
     deg, translation cm, the 53 expression weights), ``arkit.csv`` (Live Link Face layout), and on
-    :meth:`close` ``landmarks.npz`` (frame_index, time, landmarks68_2d, vertices_2d, visibility) and
+    :meth:`close` ``landmarks.npz`` (frame_index, time, landmarks68_2d, landmarks68_projected,
+    vertices_2d, visibility) and
     ``animation.glb``. The ``.stream_*.npy`` files are the unfinished parts of landmarks.npz; they
     stay until the track is closed for good, so an interrupted run can resume.
     """
@@ -426,6 +428,8 @@ class TrackWriter:
             "frame_index": NpyStream(self.folder / ".stream_frame_index.npy", (), np.int64, resume),
             "time": NpyStream(self.folder / ".stream_time.npy", (), np.float64, resume),
             "landmarks68_2d": NpyStream(self.folder / ".stream_landmarks68_2d.npy", (68, 2), np.float32, resume),
+            "landmarks68_projected": NpyStream(self.folder / ".stream_landmarks68_projected.npy", (68, 2),
+                                               np.float32, resume),
             "vertices_2d": NpyStream(self.folder / ".stream_vertices_2d.npy", (n, 2), np.float32, resume),
             "visibility": NpyStream(self.folder / ".stream_visibility.npy", (n,), np.bool_, resume),
         }
@@ -466,7 +470,8 @@ class TrackWriter:
             write_ply(self.folder / "frames" / f"{frame_index:06d}.ply", verts, self.model.faces.cpu().numpy())
         self.vertices.append(verts)
         for name, value in (("frame_index", frame_index), ("time", time_s),
-                            ("landmarks68_2d", result.landmarks68_2d), ("vertices_2d", result.vertices_2d),
+                            ("landmarks68_2d", result.landmarks68_2d),
+                            ("landmarks68_projected", result.landmarks68_projected), ("vertices_2d", result.vertices_2d),
                             ("visibility", result.visibility)):
             self._streams[name].append(np.asarray(value))
         p = result.pose

@@ -46,7 +46,8 @@ class FitConfig:
 class FitState:
     """Batched fit parameters and camera. rotation (B, 3, 3) model rotation (see camera.py),
     translation (B, 3) cm, identity (B, 100), expression (B, 53), focal (B,) px,
-    principal (B, 2) px, cost (B,) final landmark cost (mean squared face-size units)."""
+    principal (B, 2) px, cost (B,) final landmark cost (mean squared face-size units), fitted (B,)
+    bool: the landmark fit decided (False: the network's answer alone)."""
 
     rotation: torch.Tensor
     translation: torch.Tensor
@@ -55,18 +56,36 @@ class FitState:
     focal: torch.Tensor
     principal: torch.Tensor
     cost: torch.Tensor | None = None
+    fitted: torch.Tensor | None = None
 
     FIELDS = ("rotation", "translation", "identity", "expression", "focal", "principal")
 
     def select(self, i: int) -> "FitState":
         """Face i as a batch of one."""
-        return FitState(*(getattr(self, f)[i:i + 1].clone() for f in self.FIELDS),
-                        cost=None if self.cost is None else self.cost[i:i + 1])
+        return self.select_rows([i])
+
+    def select_rows(self, rows: list[int]) -> "FitState":
+        """The faces ``rows`` as a new batch (copies)."""
+        pick = lambda t: None if t is None else t[rows].clone()  # noqa: E731
+        return FitState(*(pick(getattr(self, f)) for f in self.FIELDS), cost=pick(self.cost), fitted=pick(self.fitted))
+
+    def with_rows(self, rows: list[int], other: "FitState") -> "FitState":
+        """A copy with faces ``rows`` replaced by the batch ``other`` (same order); a face
+        without a landmark cost has cost NaN."""
+        out = self.select_rows(list(range(len(self.rotation))))
+        for f in self.FIELDS:
+            getattr(out, f)[rows] = getattr(other, f).to(getattr(out, f))
+        if other.cost is not None:
+            if out.cost is None:
+                out.cost = torch.full_like(out.focal, float("nan"))
+            out.cost[rows] = other.cost.to(out.cost)
+        return out
 
     @staticmethod
     def stack(states: list["FitState"]) -> "FitState":
         """Concatenate batches."""
-        return FitState(*(torch.cat([getattr(s, f) for s in states]) for f in FitState.FIELDS))
+        fitted = None if any(s.fitted is None for s in states) else torch.cat([s.fitted for s in states])
+        return FitState(*(torch.cat([getattr(s, f) for s in states]) for f in FitState.FIELDS), fitted=fitted)
 
 
 def mediapipe_expression_prior(scores: np.ndarray, expression_names: list[str]) -> np.ndarray:
@@ -189,11 +208,12 @@ class LandmarkFitter:
 
     def _residuals(self, state: FitState, target: torch.Tensor, size: torch.Tensor,
                    prior_expression: torch.Tensor, points: tuple[torch.Tensor, torch.Tensor], with_jacobian: bool,
-                   fix_identity: bool = False):
+                   fix_identity: bool = False, weights: torch.Tensor | None = None):
         """Weighted landmark residuals (B, 2K), prior residuals (B, P) and, if asked, the
         landmark Jacobian (B, 2K, 6 + P) - without the identity columns when ``fix_identity`` -
         (the priors' Jacobian is diagonal: 1 / sigma). points: the MediaPipe points' mean and
-        basis rows, as :meth:`_basis` gives them."""
+        basis rows, as :meth:`_basis` gives them; weights (B, K) per-face point weights on top of
+        the fixed ones."""
         cfg = self.config
         mean, basis = points
         x_model = mean + _apply_basis(basis, torch.cat([state.identity, state.expression], 1))
@@ -201,7 +221,8 @@ class LandmarkFitter:
         xc = x_model @ rc.transpose(1, 2) + state.translation[:, None]
         z = xc[..., 2].clamp(min=1e-3)
         uv = state.focal[:, None, None] * xc[..., :2] / z[..., None] + state.principal[:, None]
-        scale = self.point_weights.sqrt()[None, :, None] / (cfg.landmark_sigma * size[:, None, None])
+        w = self.point_weights[None] if weights is None else self.point_weights[None] * weights
+        scale = w.sqrt()[..., None] / (cfg.landmark_sigma * size[:, None, None])
         r_lm = ((uv - target) * scale).flatten(1)  # (B, 2K)
         r_prior = torch.cat([state.identity / cfg.identity_sigma,
                              (state.expression - prior_expression) / cfg.expression_sigma], 1)
@@ -227,11 +248,13 @@ class LandmarkFitter:
                         state.focal, state.principal)
 
     def fit(self, landmarks: torch.Tensor, state: FitState, prior_expression: torch.Tensor,
-            iterations: int | None = None, fix_identity: bool = False) -> FitState:
+            iterations: int | None = None, fix_identity: bool = False,
+            weights: torch.Tensor | None = None) -> FitState:
         """Levenberg-Marquardt; the lid correspondences slide with the first ``SLIDE_STEPS`` steps
         (ICP-style; later steps barely move the lids).
         landmarks (B, 468, 2) px; ``fix_identity`` keeps ``state.identity`` (a video track's locked
-        identity) and solves pose and expression only. Returns the fitted state (with cost)."""
+        identity) and solves pose and expression only; weights (B, 468) scale each face's points
+        (0: left out, e.g. hidden under the network's pose). Returns the fitted state (with cost)."""
         target = landmarks[:, : self.mean_k.shape[0], :2].to(self.mean_k)
         lo, hi = target.min(1).values, target.max(1).values
         size = ((hi - lo).prod(1)).sqrt()  # face size, px
@@ -249,7 +272,7 @@ class LandmarkFitter:
             if step < self.SLIDE_STEPS:
                 points = self._basis(self.slide_lids(state), b)
                 cost = None  # the correspondences changed: the cost with them is new
-            r_lm, r_prior, jac = self._residuals(state, target, size, prior, points, True, fix_identity)
+            r_lm, r_prior, jac = self._residuals(state, target, size, prior, points, True, fix_identity, weights)
             if cost is None:
                 cost = (r_lm ** 2).sum(1) + (r_prior ** 2).sum(1)
             jt = jac.transpose(1, 2)
@@ -265,7 +288,7 @@ class LandmarkFitter:
             delta = torch.zeros(b, 6 + n_id + n_exp).to(target)
             delta[:, cols] = -torch.cholesky_solve(grad[..., None], torch.linalg.cholesky(h))[..., 0]
             trial = self._apply(state, delta)
-            r_lm_t, r_prior_t, _ = self._residuals(trial, target, size, prior, points, False)
+            r_lm_t, r_prior_t, _ = self._residuals(trial, target, size, prior, points, False, weights=weights)
             cost_t = (r_lm_t ** 2).sum(1) + (r_prior_t ** 2).sum(1)
             better = cost_t < cost
             cost = torch.where(better, cost_t, cost)
@@ -276,7 +299,8 @@ class LandmarkFitter:
                 state.focal, state.principal)
             damping = torch.where(better, damping * 0.3, damping * 10.0).clamp(1e-6, 1e4)
         if cost is None:  # no iterations
-            r_lm, r_prior, _ = self._residuals(state, target, size, prior, self._basis(self.slide_lids(state), b), False)
+            r_lm, r_prior, _ = self._residuals(state, target, size, prior, self._basis(self.slide_lids(state), b), False,
+                                               weights=weights)
             cost = (r_lm ** 2).sum(1) + (r_prior ** 2).sum(1)
         state.cost = cost / target.shape[1]
         return state
@@ -302,7 +326,8 @@ SKIN_EXCLUDED_REGIONS = ("eye_left", "eye_right", "brow_left", "brow_right")
 
 
 def refine(fitter: LandmarkFitter, images: list[np.ndarray], state: FitState, landmarks: torch.Tensor,
-           config: RefineConfig, fix_identity: bool = False) -> tuple[FitState, dict]:
+           config: RefineConfig, fix_identity: bool = False,
+           weights: torch.Tensor | None = None) -> tuple[FitState, dict]:
     """Analysis-by-synthesis: render each face (rasteriser of :mod:`densemesh.render`, 9-term SH
     lighting per colour channel, smooth albedo from the asset's Laplacian basis) into a crop of the
     photo and minimise the robust colour error on the visible skin (eyes and brows excluded)
@@ -310,7 +335,7 @@ def refine(fitter: LandmarkFitter, images: list[np.ndarray], state: FitState, la
 
     images: the (H, W, 3) uint8 image of each face (faces of several video frames batch
     together); landmarks (B, 478, 2) px; state: the landmark fit's result; ``fix_identity`` keeps
-    the state's identity.
+    the state's identity; weights (B, 468): per-face point weights as in :meth:`LandmarkFitter.fit`.
     Returns the refined state and {"photometric_before", "photometric_after"}: (B,) mean robust
     colour error on the rendered skin.
     """
@@ -338,7 +363,8 @@ def refine(fitter: LandmarkFitter, images: list[np.ndarray], state: FitState, la
     basis = model.albedo_basis[: model.num_vertices]  # (N, K)
     lm_target = landmarks[:, : fitter.mean_k.shape[0], :2].to(dev)
     face_size = (lm_target.max(1).values - lm_target.min(1).values).prod(1).sqrt()
-    lm_scale = fitter.point_weights.sqrt()[None, :, None] / (cfg.landmark_sigma * face_size[:, None, None])
+    w = fitter.point_weights[None] if weights is None else fitter.point_weights[None] * weights.to(dev)
+    lm_scale = w.sqrt()[..., None] / (cfg.landmark_sigma * face_size[:, None, None])
     n_res = 2 * fitter.mean_k.shape[0]
     lid_ids = fitter.slide_lids(state)  # held for the refinement: lids barely move in it
 

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from densemesh import camera, render
-from densemesh.crop import box_from_head, regressor_crop, square_box
-from densemesh.detect import Detection, MediaPipeDetector
+from densemesh.crop import box_from_landmarks68, regressor_crop, square_box
+from densemesh.detect import Detection, MediaPipeDetector, same_face
 from densemesh.facemodel import FaceModel, vertex_facing
 from densemesh import fit
 from densemesh.fit import REFINE_LEVELS, FitConfig, FitState, LandmarkFitter, mediapipe_expression_prior
@@ -33,6 +33,20 @@ def _orthonormal(m: np.ndarray) -> np.ndarray:
     u, _, vt = np.linalg.svd(m)
     r = u @ vt
     return r if np.linalg.det(r) > 0 else u @ np.diag([1, 1, -1]) @ vt
+
+
+def one_per_face(results: list[FaceResult]) -> list[FaceResult]:
+    """Drop a result whose mesh lands on a face already reconstructed (two detections of one
+    face framed differently; :func:`densemesh.detect.same_face` on the boxes of the projected 68
+    landmarks), MediaPipe-fitted results and higher detector scores first; largest first."""
+    order = sorted(results, key=lambda r: (r.source != "mediapipe", -np.nan_to_num(r.score, nan=0.0)))
+    kept, boxes = [], []
+    for r in order:
+        box = np.concatenate([r.landmarks68_projected.min(0), r.landmarks68_projected.max(0)])
+        if not any(same_face(box, b) for b in boxes):
+            kept.append(r)
+            boxes.append(box)
+    return sorted(kept, key=lambda r: -np.sqrt(np.prod(r.box[2:] - r.box[:2])))
 
 
 class Reconstructor:
@@ -93,84 +107,135 @@ class Reconstructor:
         t0 = time.perf_counter()
         detections = self.detector.detect(rgb)
         t_detect = time.perf_counter() - t0
-        results = []
-        for group in ([d for d in detections if d.landmarks is not None],
-                      [d for d in detections if d.landmarks is None]):
-            if group:
-                results += self.reconstruct_detections([rgb] * len(group), group)
+        results = self.reconstruct_detections([rgb] * len(detections), detections) if detections else []
         for r in results:
             r.timings["detect_s"] = t_detect
-        results.sort(key=lambda r: -np.sqrt(np.prod(r.box[2:] - r.box[:2])))
-        return results
+        return one_per_face(results)
 
     def fit_detections(self, images: list[np.ndarray], detections: list[Detection], refine: str | None = None,
                        identities: torch.Tensor | None = None, focal: float | None = None,
                        start: FitState | None = None):
-        """Landmark fit (+ refinement) of detections -> (FitState, landmarks (B, 478, 2), timings).
+        """Landmark fit (+ refinement) of detections -> (FitState, landmarks (B, 478, 2) or None,
+        timings). ``state.fitted`` (B,) says per face what decided (see :meth:`trusted`): the
+        landmark fit to MediaPipe's points, or the network alone.
 
         images: the image of each detection (a photo repeats its image; a video batch mixes
         frames of one size); identities (B, 100): fixed identities (a video track's), else solved;
         focal: px, else chosen from the faces; start: a previous frame's fit of the same faces to
         start from (fewer iterations).
         """
-        dev = self.device
+        dev, b = self.device, len(detections)
         timings = {}
         t0 = time.perf_counter()
-        if detections[0].landmarks is None:  # boxes only: the regressor is all there is
-            state = self.regress(images, detections, focal)
+        net = self.regress(images, detections, focal) if self.regressor is not None else None
+        if net is not None:
             timings["regress_s"] = time.perf_counter() - t0
-            return state, None, timings
-        landmarks = torch.tensor(np.stack([d.landmarks[:, :2] for d in detections]), dtype=torch.float32, device=dev)
-        prior = torch.tensor(mediapipe_expression_prior(np.stack([d.blendshapes for d in detections]),
-                                                        self.model.expression_names), dtype=torch.float32, device=dev)
-        iterations = None
-        if start is not None:
-            state = FitState(start.rotation.clone(), start.translation.clone(), start.identity.clone(),
-                             start.expression.clone(), start.focal.clone(), start.principal.clone())
-            iterations = self.fitter.config.tracking_iterations
-        elif self.regressor is not None:
-            state = self.regress(images, detections, focal)
-            timings["regress_s"] = time.perf_counter() - t0
-            if not self.use_fit:
-                return state, landmarks, timings
-        else:
-            rotations = torch.tensor(np.stack([_orthonormal(d.transform[:3, :3]) for d in detections]),
-                                     dtype=torch.float32, device=dev)
-            state = self.fitter.initial_state(landmarks, rotations, prior, images[0].shape[:2], focal)
-        if identities is not None:
-            state.identity = identities.to(dev, torch.float32).clone()
-        t0 = time.perf_counter()
-        state = self.fitter.fit(landmarks, state, prior, iterations, fix_identity=identities is not None)
-        timings["fit_s"] = time.perf_counter() - t0
-        level = REFINE_LEVELS[self.refine if refine is None else refine]
-        if level is not None:
+            focal = float(net.focal[0])
+        fitted = self.trusted(detections, net)
+        landmarks = None
+        if any(d.landmarks is not None for d in detections):
+            landmarks = torch.tensor(np.stack([d.landmarks[:, :2] if d.landmarks is not None else np.full((478, 2), np.nan)
+                                               for d in detections]), dtype=torch.float32, device=dev)
+        state = net if net is not None else None
+        rows = [i for i, ok in enumerate(fitted) if ok]
+        if rows and self.use_fit:
+            sub_dets = [detections[i] for i in rows]
+            lm = landmarks[rows]
+            prior = torch.tensor(mediapipe_expression_prior(np.stack([d.blendshapes for d in sub_dets]),
+                                                            self.model.expression_names), dtype=torch.float32, device=dev)
+            iterations = None
+            if start is not None:
+                sub = start.select_rows(rows)
+                iterations = self.fitter.config.tracking_iterations
+            elif net is not None:
+                sub = net.select_rows(rows)
+            else:
+                rotations = torch.tensor(np.stack([_orthonormal(d.transform[:3, :3]) for d in sub_dets]),
+                                         dtype=torch.float32, device=dev)
+                sub = self.fitter.initial_state(lm, rotations, prior, images[0].shape[:2], focal)
+            if identities is not None:
+                sub.identity = identities[rows].to(dev, torch.float32).clone()
+            weights = self.point_weights(net.select_rows(rows)) if net is not None else None
             t0 = time.perf_counter()
-            state, stats = fit.refine(self.fitter, images, state, landmarks, level, fix_identity=identities is not None)
-            timings["refine_s"] = time.perf_counter() - t0
-            timings.update({k: v.tolist() for k, v in stats.items()})
+            sub = self.fitter.fit(lm, sub, prior, iterations, fix_identity=identities is not None, weights=weights)
+            timings["fit_s"] = time.perf_counter() - t0
+            level = REFINE_LEVELS[self.refine if refine is None else refine]
+            if level is not None:
+                t0 = time.perf_counter()
+                sub, stats = fit.refine(self.fitter, [images[i] for i in rows], sub, lm, level,
+                                        fix_identity=identities is not None, weights=weights)
+                timings["refine_s"] = time.perf_counter() - t0
+                timings.update({k: v.tolist() for k, v in stats.items()})
+            state = sub if state is None else state.with_rows(rows, sub)
+        elif state is None:  # no network and nothing MediaPipe landmarked: cannot happen with a detector
+            raise ValueError("detections without landmarks need the regressor")
+        if identities is not None:  # a video track's locked identity also where the network answers
+            state.identity = identities.to(dev, torch.float32).clone() if not rows else torch.where(
+                torch.tensor(fitted, device=dev)[:, None], state.identity, identities.to(dev, torch.float32))
+        state.fitted = torch.tensor(fitted, device=dev) & torch.tensor(self.use_fit, device=dev)
         return state, landmarks, timings
+
+    #: Beyond this |yaw| (degrees, the network's estimate) MediaPipe's landmarks are not used: its
+    #: landmarker is made for faces that show both eyes, and past it the network alone scores
+    #: better on the AFLW validation split (tools/eval_aflw.py --trust: NME of the MediaPipe fit
+    #: vs the network 5.05 / 5.81 % at 40-50 degrees, 6.18 / 5.93 % at 50-60, 6.27 / 5.83 % at 60-70).
+    MEDIAPIPE_YAW_LIMIT = 50.0
+    #: The network and MediaPipe's head transform may disagree by this much yaw (degrees) before
+    #: MediaPipe's face is judged implausible (a face turned the wrong way, a hallucinated mesh).
+    YAW_DISAGREEMENT = 30.0
+
+    def trusted(self, detections: list[Detection], net: FitState | None) -> list[bool]:
+        """Per face: whether MediaPipe's landmarks decide the mesh. They need to exist, and with
+        the network's estimate at hand the face has to be within MEDIAPIPE_YAW_LIMIT and
+        MediaPipe's own head pose has to agree with the network's yaw (same side beyond 15
+        degrees, within YAW_DISAGREEMENT)."""
+        have = [d.landmarks is not None for d in detections]
+        if net is None:
+            return have
+        yaw_net = camera.matrix_to_euler(net.rotation)[:, 0].cpu().numpy()
+        out = []
+        for d, ok, y in zip(detections, have, yaw_net):
+            if not ok:
+                out.append(False)
+                continue
+            y_mp = float(camera.matrix_to_euler(torch.tensor(_orthonormal(d.transform[:3, :3]), dtype=torch.float32))[0])
+            wrong_side = abs(y) > 15 and np.sign(y_mp) != np.sign(y)
+            out.append(abs(y) <= self.MEDIAPIPE_YAW_LIMIT and not wrong_side and abs(y - y_mp) <= self.YAW_DISAGREEMENT)
+        return out
+
+    def point_weights(self, net: FitState) -> torch.Tensor:
+        """(B, 468) weights of MediaPipe's points in the landmark fit from the network's pose:
+        1 where the surface point faces the camera, falling to 0 at the silhouette and behind it
+        (MediaPipe places hidden points on the visible outline, where they do not belong)."""
+        vertices = self.model.decode(net.identity, net.expression)
+        cam = camera.model_to_camera(vertices, net.rotation, net.translation)
+        facing = self.model.landmarks(vertex_facing(cam, self.model.faces)[..., None], "mediapipe")[..., 0]
+        return (-facing / self.FACING_FULL_WEIGHT).clamp(0.0, 1.0)
+
+    #: cosine between surface normal and view ray at which a point counts fully (see point_weights)
+    FACING_FULL_WEIGHT = 0.3
 
     def regress(self, images: list[np.ndarray], detections: list[Detection], focal: float | None = None) -> FitState:
         """The regressor's parameters for each detection's box, as a FitState in image space.
+
+        Two passes: the first on the detection's box (MediaPipe's landmark extent, or the face
+        detector's box mapped onto it), the second on the box the first pass's own 68 landmarks
+        imply (:func:`densemesh.crop.box_from_landmarks68`, the rule the network's manually
+        labelled training crops were cut with) - a profile's detector box sits off the head.
 
         Its weak-perspective crop camera becomes a pinhole: the image gets ``focal`` (else the
         landmark fit's rule: the largest face at ``camera_distance_cm``), and each face is placed
         so that the centroid of its MediaPipe points (where the training labels' weak cameras
         were fitted) projects where the weak camera puts it, at the depth where that focal
         gives the weak camera's scale. (The model origin lies ~8 cm behind the face: anchoring
-        it instead magnifies the face by ~15 %.) A box without landmarks (the face detector's,
-        placed with frontal statistics) is re-cropped once round the head the first pass found
-        (:data:`densemesh.crop.HEAD_TO_BOX`): on held-out synthetic profiles beyond 60 degrees
-        of yaw this cuts the pipeline's NME from 20.8 to 17.2 % (tools/eval_profiles.py; a box
-        round the first pass's own landmarks instead: 21.2 %)."""
+        it instead magnifies the face by ~15 %.)"""
         crops = [regressor_crop(img, d.box) for img, d in zip(images, detections)]
         pred = self.regressor([c.image for c in crops])
-        if detections[0].landmarks is None:  # re-crop round the head the first pass found
-            weak = pred.weak.cpu().numpy()
-            heads = box_from_head(np.stack([c.to_image(o) for c, o in zip(crops, weak[:, 1:])]),
-                                  weak[:, 0] / [c.scale for c in crops])
-            crops = [regressor_crop(img, box) for img, box in zip(images, heads)]
-            pred = self.regressor([c.image for c in crops])
+        lm = camera.project_weak(self.model.decode(pred.identity, pred.expression, self.model.ibug68.cpu()),
+                                 pred.rotation, pred.weak[:, 0], pred.weak[:, 1:]).cpu().numpy()
+        boxes = box_from_landmarks68(np.stack([c.to_image(p) for c, p in zip(crops, lm)]))
+        crops = [regressor_crop(img, box) for img, box in zip(images, boxes)]
+        pred = self.regressor([c.image for c in crops])
         dev, b = self.device, len(detections)
         k = torch.tensor([c.scale for c in crops], dtype=torch.float32, device=dev)
         off = torch.tensor(np.stack([c.offset for c in crops]), dtype=torch.float32, device=dev)
@@ -196,24 +261,17 @@ class Reconstructor:
         timings = {}
         if state is None:
             state, landmarks, timings = self.fit_detections(images, detections, refine, identities)
-        elif detections[0].landmarks is not None:
-            landmarks = torch.tensor(np.stack([d.landmarks[:, :2] for d in detections]), dtype=torch.float32,
-                                     device=self.device)
-        else:
-            landmarks = None
         t0 = time.perf_counter()
-        results = self.describe(images, detections, state, landmarks)
+        results = self.describe(images, detections, state)
         timings["describe_s"] = time.perf_counter() - t0
-        fitted = landmarks is not None and self.use_fit
-        for r in results:
+        for r, fitted in zip(results, state.fitted.tolist()):
             r.timings.update(timings)
             r.refine = (self.refine if refine is None else refine) if fitted else "none"
             r.source = "mediapipe" if fitted else "regressor"
         return results
 
     @torch.no_grad()
-    def describe(self, images: list[np.ndarray], detections: list[Detection], state: FitState,
-                 landmarks: torch.Tensor) -> list[FaceResult]:
+    def describe(self, images: list[np.ndarray], detections: list[Detection], state: FitState) -> list[FaceResult]:
         """Fitted parameters -> one :class:`FaceResult` per detection (images: one per detection)."""
         model = self.model
         vertices = model.decode(state.identity, state.expression)
@@ -225,11 +283,13 @@ class Reconstructor:
         rows = torch.arange(len(detections), device=self.device)[:, None]
         # landmark-fit quality: RMS distance of the fitted MediaPipe points, in face sizes
         rms = torch.full((len(detections),), float("nan"))
-        if landmarks is not None:
-            mp_uv = model.landmarks(uv, "mediapipe")
-            target = landmarks[:, : mp_uv.shape[1]]
+        rows_fitted = [i for i, (d, f) in enumerate(zip(detections, state.fitted.tolist())) if f and d.landmarks is not None]
+        if rows_fitted:
+            target = torch.tensor(np.stack([detections[i].landmarks[:468, :2] for i in rows_fitted]),
+                                  dtype=torch.float32, device=self.device)
+            mp_uv = model.landmarks(uv[rows_fitted], "mediapipe")
             size = (target.max(1).values - target.min(1).values).prod(1).sqrt()
-            rms = ((mp_uv - target).norm(dim=-1) ** 2).mean(1).sqrt() / size
+            rms[rows_fitted] = (((mp_uv - target).norm(dim=-1) ** 2).mean(1).sqrt() / size).cpu()
         colors = [self._colors(img, uv[i], visible[i]) for i, img in enumerate(images)]
         euler = camera.matrix_to_euler(state.rotation)
         results = []
@@ -240,6 +300,7 @@ class Reconstructor:
                 vertices=vertices[i].cpu().numpy(), vertices_camera=cam[i].cpu().numpy(),
                 vertices_2d=uv[i].cpu().numpy(), visibility=visible[i].cpu().numpy(),
                 landmarks68_2d=uv[rows, ids68][i].cpu().numpy(), landmarks68_3d=cam[rows, ids68][i].cpu().numpy(),
+                landmarks68_projected=uv[i, model.ibug68].cpu().numpy(),
                 pose=pose, identity=state.identity[i].cpu().numpy(), expression=state.expression[i].cpu().numpy(),
                 expression_names=list(model.expression_names), box=det.box.copy(),
                 score=det.score, fit_error=float(rms[i]), colors=colors[i],

@@ -38,14 +38,17 @@ class FaceResult:
 
     vertices (N, 3) model space cm (identity + expression, no pose);
     vertices_camera (N, 3) camera cm; vertices_2d (N, 2) px; visibility (N,) bool from the z-buffer;
-    landmarks68_2d (68, 2) px, jaw points on the visible outline; landmarks68_3d (68, 3) camera cm
-    (the same vertices); pose; identity (100,); expression (53,) weights for ``expression_names``;
+    landmarks68_2d (68, 2) px, jaw points on the visible outline (the 300-W / MERL-RAV manual
+    convention); landmarks68_3d (68, 3) camera cm (the same vertices); landmarks68_projected
+    (68, 2) px, the projection of the 68 fixed landmark vertices, hidden ones included, jaw on the
+    mandible (the AFLW2000-3D / 300W-LP convention 3DMM benchmarks score); pose; identity (100,); expression (53,) weights for ``expression_names``;
     box (4,) x0, y0, x1, y1 px; score in [0, 1]: face-detector confidence; fit_error: RMS distance
     between the fitted surface and MediaPipe's 468 points, in face sizes (0.01 = 1 %; NaN without
     them); colors (N, 3) uint8 sampled from the photo (hidden vertices get the mean visible
-    colour); texture (H, W, 3) uint8 UV texture or None; source: what produced the mesh
-    ("mediapipe": fitted to MediaPipe's landmarks; "regressor": the network alone, for a face
-    MediaPipe boxes but cannot landmark); refine: refinement level used; image_size (H, W).
+    colour); texture (H, W, 3) uint8 UV texture or None; source: what decided the mesh
+    ("mediapipe": fitted to MediaPipe's landmarks, the points hidden under the network's pose
+    left out; "regressor": the network alone - a face MediaPipe boxes but cannot landmark, or one
+    whose MediaPipe landmarks the pipeline does not trust at that pose); refine: refinement level used; image_size (H, W).
     """
 
     vertices: np.ndarray
@@ -54,6 +57,7 @@ class FaceResult:
     visibility: np.ndarray
     landmarks68_2d: np.ndarray
     landmarks68_3d: np.ndarray
+    landmarks68_projected: np.ndarray
     pose: Pose
     identity: np.ndarray
     expression: np.ndarray
@@ -86,7 +90,7 @@ class FaceResult:
         out = {"vertices": self.vertices, "vertices_camera": self.vertices_camera,
                "vertices_2d": self.vertices_2d, "visibility": self.visibility,
                "landmarks68_2d": self.landmarks68_2d, "landmarks68_3d": self.landmarks68_3d,
-               "identity": self.identity, "expression": self.expression,
+               "landmarks68_projected": self.landmarks68_projected, "identity": self.identity, "expression": self.expression,
                "expression_names": np.asarray(self.expression_names), "box": self.box,
                "score": np.float32(self.score), "fit_error": np.float32(self.fit_error), "colors": self.colors,
                "rotation": p.rotation, "translation": p.translation,

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from densemesh import camera
-from densemesh.detect import Detection, MediaPipeDetector, _box_iou
+from densemesh.detect import Detection, VideoFaceFinder, _box_iou
 from densemesh.export import TrackWriter, write_json
 from densemesh.facemodel import vertex_normals
 from densemesh.fit import FitState
@@ -242,7 +242,8 @@ class VideoReconstructor:
         interrupted = False
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # the second core runs the decoder and MediaPipe (see _detected_frames)
-        with MediaPipeDetector(max_faces=self.max_faces, search="fast", mode="video") as detector:
+        with VideoFaceFinder(max_faces=self.max_faces, boxes_without_landmarks=self.rec.regressor is not None) \
+                as detector:
             frames = _detected_frames(reader, detector, start)
             try:
                 for frame, detections, detect_s in frames:
@@ -317,7 +318,9 @@ class VideoReconstructor:
             free.update({id(d): state.select(i) for i, d in enumerate(missing)})
         for track, det in learning:
             sample = free[id(det)]
-            track.samples.append((sample.identity[0].cpu().numpy(), 1.0 / max(float(sample.cost[0]), 1e-3)))
+            cost = float("nan") if sample.cost is None else float(sample.cost[0])
+            # the network's answer alone (no landmark cost) counts as a poor fit
+            track.samples.append((sample.identity[0].cpu().numpy(), 1.0 / max(cost, 1e-3) if np.isfinite(cost) else 1e-2))
             track.pending.append((frame, det))
             if len(track.samples) >= opts.lock_frames:
                 self._lock_and_flush(track)
@@ -397,10 +400,12 @@ class VideoReconstructor:
         items, self._ready = self._ready, []
         state = FitState.stack([s for *_, s in items])
         level = fit.REFINE_LEVELS[self.rec.refine]
-        if level is not None:
-            landmarks = torch.tensor(np.stack([d.landmarks[:, :2] for _, _, d, _ in items]), dtype=torch.float32)
-            state, _ = fit.refine(self.rec.fitter, [f.image for f, *_ in items], state,
-                                  landmarks.to(self.rec.device), level, fix_identity=True)
+        rows = [i for i, fitted in enumerate(state.fitted.tolist()) if fitted]
+        if level is not None and rows:  # what the network answered alone has no landmarks to refine against
+            landmarks = torch.tensor(np.stack([items[i][2].landmarks[:, :2] for i in rows]), dtype=torch.float32)
+            refined, _ = fit.refine(self.rec.fitter, [items[i][0].image for i in rows], state.select_rows(rows),
+                                    landmarks.to(self.rec.device), level, fix_identity=True)
+            state = state.with_rows(rows, refined)
         for i, (frame, track, det, _) in enumerate(items):
             if track.smoother is not None:
                 rot, trans, expr = _from_pose_vector(track.smoother(_pose_vector(state, i), frame.time))
@@ -455,7 +460,7 @@ class VideoReconstructor:
 
 
 
-def _detected_frames(reader: VideoReader, detector: MediaPipeDetector, start: int, lookahead: int = 4):
+def _detected_frames(reader: VideoReader, detector: VideoFaceFinder, start: int, lookahead: int = 4):
     """Yield (frame, detections, detect seconds) while a background thread decodes and runs
     MediaPipe up to ``lookahead`` frames ahead, overlapping with the fitting in this thread.
     Closing the generator stops the thread; its errors are raised here."""

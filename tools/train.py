@@ -36,6 +36,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
 
 from densemesh import camera  # noqa: E402
 from densemesh.crop import REGRESSOR_SIZE  # noqa: E402
@@ -43,6 +44,13 @@ from densemesh.facemodel import FaceModel  # noqa: E402
 from densemesh.regress import FaceRegressor, Prediction, export_onnx, to_tensor  # noqa: E402
 
 FIELDS = ("crop", "identity", "expression", "rotation", "weak", "landmarks68")
+#: a set of manually labelled photos (tools/prepare_aflw.py): 2D points with visibility, no 3D label
+LANDMARK_FIELDS = ("crop", "landmarks68", "visibility", "yaw", "is_val")
+LOGGED = ("loss", "dense", "lm2d", "coeff", "lm2d_manual", "yaw")  # metrics.csv's loss columns
+
+
+def is_landmark_set(data: dict) -> bool:
+    return "visibility" in data
 
 
 def load_sets(cfg: dict) -> dict[str, dict[str, np.ndarray]]:
@@ -53,7 +61,8 @@ def load_sets(cfg: dict) -> dict[str, dict[str, np.ndarray]]:
         if not shards:
             raise SystemExit(f"error: no shards in {entry['path']} (run tools/pseudo_label.py / synthesize.py)")
         parts = [np.load(p) for p in shards]
-        data = {k: np.concatenate([p[k] for p in parts]) for k in FIELDS}
+        fields = LANDMARK_FIELDS if "visibility" in parts[0].files else FIELDS
+        data = {k: np.concatenate([p[k] for p in parts]) for k in fields}
         if "fit_error" in parts[0].files:  # drop the teacher's worst fits
             err = np.concatenate([p["fit_error"] for p in parts])
             keep = err <= np.percentile(err, entry.get("keep_percentile", 95))
@@ -64,7 +73,12 @@ def load_sets(cfg: dict) -> dict[str, dict[str, np.ndarray]]:
     return sets
 
 
-def split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split(data: dict, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) indices: the set's own held-out split (``is_val``) where it has one, else a
+    seeded ``fraction``."""
+    if "is_val" in data:
+        return np.flatnonzero(~data["is_val"]), np.flatnonzero(data["is_val"])
+    n = len(data["crop"])
     order = np.random.default_rng(seed).permutation(n)
     k = max(1, int(n * fraction))
     return order[k:], order[:k]
@@ -184,16 +198,58 @@ class Criterion:
             + ((pred.expression - label["expression"]) ** 2).mean(1)
         total = weight * (self.w["dense"] * dense + self.w["lm2d"] * lm2d + self.w["coeff"] * coeff)
         parts = {"dense": dense.mean().item(), "lm2d": lm2d.mean().item(), "coeff": coeff.mean().item()}
-        return total.mean(), parts
+        return total, parts
+
+    def manual(self, pred: Prediction, label: dict) -> tuple[torch.Tensor, dict]:
+        """Loss per sample of manually labelled photos: L1 reprojection of the positioned points
+        (visible 1, externally occluded ``occluded`` x; self-occluded points have no position),
+        a soft pull of the yaw to the label's (a 3DMM fit: its sign is reliable, its size less so),
+        and the identity prior; PFLD-weighted by the label's yaw."""
+        s = REGRESSOR_SIZE
+        vis = label["visibility"]
+        w_pt = (vis == 1).float() + self.w.get("occluded", 0.5) * (vis == 2).float()
+        gt = torch.nan_to_num(label["landmarks68"])
+        lm2d = ((self.landmarks(pred) - gt).abs().sum(-1) * w_pt).sum(1) / w_pt.sum(1).clamp(min=1) / s
+        yaw = torch.deg2rad(camera.matrix_to_euler(pred.rotation)[:, 0])
+        target = torch.deg2rad(label["yaw"].clamp(-90, 90))
+        yaw_loss = (yaw - target).abs()
+        coeff = 0.01 * (pred.identity ** 2).mean(1)
+        weight = (1 + self.w["pose"] * (1 - torch.cos(target))) * (1 + self.w["rare"] * (target.abs() > math.radians(45)).float())
+        total = weight * (self.w["lm2d"] * 2 * lm2d + self.w.get("yaw", 0.05) * yaw_loss + self.w["coeff"] * coeff)
+        return total, {"lm2d_manual": lm2d.mean().item(), "yaw": yaw_loss.mean().item()}
+
+
+def mirror(crops: np.ndarray, lm: np.ndarray, vis: np.ndarray, yaw: np.ndarray, flip: np.ndarray):
+    """Left-right mirror of the samples where ``flip`` (B,) bool: crops (B, S, S, 3), 68 points
+    (B, 68, 2) crop px, visibility (B, 68), yaw (B,) degrees."""
+    from aflw import MIRROR_68
+
+    crops, lm, vis, yaw = crops.copy(), lm.copy(), vis.copy(), yaw.copy()
+    crops[flip] = crops[flip][:, :, ::-1]
+    lm[flip] = lm[flip][:, MIRROR_68] * [-1, 1] + [REGRESSOR_SIZE - 1, 0]
+    vis[flip] = vis[flip][:, MIRROR_68]
+    yaw[flip] = -yaw[flip]
+    return crops, lm, vis, yaw
 
 
 def to_batch(data: dict, idx: np.ndarray, rng=None) -> tuple[torch.Tensor, dict]:
-    crops, lm, weak = data["crop"][idx], data["landmarks68"][idx], data["weak"][idx]
+    """Crops (B, 3, S, S) and labels of samples ``idx``; with ``rng`` augmented (and manually
+    labelled photos mirrored half the time)."""
+    crops, lm = data["crop"][idx], data["landmarks68"][idx]
+    manual = is_landmark_set(data)
+    weak = np.zeros((len(idx), 3), np.float32) if manual else data["weak"][idx]
+    if manual:
+        vis, yaw = data["visibility"][idx], data["yaw"][idx]
+        if rng is not None:
+            crops, lm, vis, yaw = mirror(crops, lm, vis, yaw, rng.random(len(idx)) < 0.5)
     if rng is not None:
         crops, lm, weak = augment(crops, lm, weak, rng)
     else:
         crops = np.stack([fill_margin(c, None, crops) for c in crops])
     x = to_tensor(crops)
+    if manual:
+        return x, {"landmarks68": torch.from_numpy(lm).float(), "visibility": torch.from_numpy(vis.astype(np.int64)),
+                   "yaw": torch.from_numpy(yaw).float()}
     label = {"identity": torch.from_numpy(data["identity"][idx]).float(),
              "expression": torch.from_numpy(data["expression"][idx]).float(),
              "rotation": torch.from_numpy(data["rotation"][idx]).float(),
@@ -209,8 +265,11 @@ def validate(net, crit: Criterion, data: dict, idx: np.ndarray) -> float:
         x, label = to_batch(data, idx[start:start + 128])
         lm = crit.landmarks(net(x))
         gt = label["landmarks68"]
-        box = (gt.max(1).values - gt.min(1).values).prod(1).sqrt()
-        errs.append(((lm - gt).norm(dim=-1).mean(1) / box).numpy())
+        keep = label["visibility"] > 0 if "visibility" in label else torch.ones(gt.shape[:2], dtype=torch.bool)
+        lo = torch.where(keep[..., None], gt, torch.inf).min(1).values
+        hi = torch.where(keep[..., None], gt, -torch.inf).max(1).values
+        dist = torch.where(keep, (lm - torch.nan_to_num(gt)).norm(dim=-1), 0).sum(1) / keep.sum(1)
+        errs.append((dist / (hi - lo).prod(1).sqrt()).numpy())
     net.train()
     return float(np.concatenate(errs).mean())
 
@@ -238,10 +297,13 @@ def main(argv=None) -> int:
     sets = load_sets(cfg)
     train_idx, val_idx = {}, {}
     for name, data in sets.items():
-        train_idx[name], val_idx[name] = split(len(data["crop"]), cfg["val_fraction"], cfg["seed"])
+        train_idx[name], val_idx[name] = split(data, cfg["val_fraction"], cfg["seed"])
     model = FaceModel.load()
     crit = Criterion(model, cfg["loss"], cfg["seed"])
     net = FaceRegressor()
+    if cfg.get("init"):  # fine-tune from earlier weights
+        net.load_state_dict({k: v.float() for k, v in torch.load(ROOT / cfg["init"], map_location="cpu",
+                                                                  weights_only=True)["model"].items()})
     opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     steps_per_epoch = cfg["steps_per_epoch"]
     total = cfg["epochs"] * steps_per_epoch
@@ -261,21 +323,28 @@ def main(argv=None) -> int:
     with open(metrics, "w" if new_log else "a", newline="") as f:
         log = csv.writer(f)
         if new_log:
-            log.writerow(["epoch", "loss", "dense", "lm2d", "coeff", "lr", *[f"val_nme_{n}" for n in sets], "seconds"])
+            log.writerow(["epoch", *LOGGED, "lr", *[f"val_nme_{n}" for n in sets], "seconds"])
         stop = cfg["epochs"] if args.stop_after is None else min(cfg["epochs"], start_epoch + args.stop_after)
         for epoch in range(start_epoch, stop):
             t0 = time.perf_counter()
-            sums = {"loss": 0.0, "dense": 0.0, "lm2d": 0.0, "coeff": 0.0}
+            sums = dict.fromkeys(("loss", "dense", "lm2d", "coeff", "lm2d_manual", "yaw"), 0.0)
             for _ in range(steps_per_epoch):
-                xs, labels = [], []
+                xs, labels, kinds = [], [], []
                 for name, data in sets.items():
                     k = max(1, round(cfg["batch"] * shares[name]))
                     x, label = to_batch(data, rng.choice(train_idx[name], k), rng)
                     xs.append(x)
                     labels.append(label)
-                x = torch.cat(xs)
-                label = {k: torch.cat([lb[k] for lb in labels]) for k in labels[0]}
-                loss, parts = crit(net(x), label)
+                    kinds.append(is_landmark_set(data))
+                pred = net(torch.cat(xs))
+                losses, parts, start = [], {}, 0
+                for x, label, manual in zip(xs, labels, kinds):  # one forward pass, a loss per set
+                    part = Prediction(*(getattr(pred, f)[start:start + len(x)] for f in Prediction.__dataclass_fields__))
+                    start += len(x)
+                    per_sample, p = (crit.manual if manual else crit)(part, label)
+                    losses.append(per_sample)
+                    parts.update(p)
+                loss = torch.cat(losses).mean()
                 opt.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
@@ -286,7 +355,7 @@ def main(argv=None) -> int:
                     sums[k] += v
             vals = {n: validate(net, crit, d, val_idx[n]) for n, d in sets.items()}
             seconds = time.perf_counter() - t0
-            log.writerow([epoch, *(f"{sums[k] / steps_per_epoch:.5f}" for k in ("loss", "dense", "lm2d", "coeff")),
+            log.writerow([epoch, *(f"{sums[k] / steps_per_epoch:.5f}" for k in LOGGED),
                           f"{sched.get_last_lr()[0]:.2e}", *(f"{v:.5f}" for v in vals.values()), f"{seconds:.1f}"])
             f.flush()
             key = vals[cfg["select_on"]]
