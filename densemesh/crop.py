@@ -70,14 +70,20 @@ REGRESSOR_ENLARGE = 1.4
 LANDMARKS68_TO_EXTENT = {"center": (0.0, -0.085), "size": (1.03, 1.18)}
 
 
+def remap_box(box: np.ndarray, rule: dict) -> np.ndarray:
+    """(..., 4) boxes x0, y0, x1, y1 -> (..., 4) boxes moved by ``rule["center"]`` and scaled by
+    ``rule["size"]``, both in units of each box's (width, height)."""
+    lo, hi = box[..., :2], box[..., 2:]
+    size = hi - lo
+    center = (lo + hi) / 2 + np.asarray(rule["center"]) * size
+    half = np.asarray(rule["size"]) * size / 2
+    return np.concatenate([center - half, center + half], -1)
+
+
 def box_from_landmarks68(points: np.ndarray) -> np.ndarray:
     """(B, K, 2) px iBUG points (any subset of the 68; NaN ignored) -> (B, 4) landmark-extent
     boxes (see LANDMARKS68_TO_EXTENT)."""
-    lo, hi = np.nanmin(points, 1), np.nanmax(points, 1)
-    size = hi - lo
-    center = (lo + hi) / 2 + np.asarray(LANDMARKS68_TO_EXTENT["center"]) * size
-    half = np.asarray(LANDMARKS68_TO_EXTENT["size"]) * size / 2
-    return np.concatenate([center - half, center + half], 1)
+    return remap_box(np.concatenate([np.nanmin(points, 1), np.nanmax(points, 1)], 1), LANDMARKS68_TO_EXTENT)
 
 
 def regressor_crop(image: np.ndarray, box: np.ndarray) -> Crop:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from densemesh.camera import normalized_to_pixels
+from densemesh.crop import remap_box
 
 #: MediaPipe's 52 blendshape names (ARKit naming, "_neutral" first), in its output order.
 MEDIAPIPE_BLENDSHAPES = (
@@ -113,20 +114,14 @@ def _inside(a: np.ndarray, b: np.ndarray) -> bool:
     return b[0] <= cx <= b[2] and b[1] <= cy <= b[3]
 
 
+#: landmark-extent box (forehead to chin) -> the whole head: 1.5 times as large, reaching 0.45
+#: face heights above the forehead (hair) and just below the chin
+FACE_TO_HEAD = {"center": (0.0, -0.2), "size": (1.5, 1.5)}
+
+
 def head_box(face_box: np.ndarray) -> np.ndarray:
-    """(4,) landmark-extent box (forehead to chin) -> (4,) box round the whole head: 1.5 times
-    as large, reaching 0.45 face heights above the forehead (hair) and just below the chin."""
-    size = face_box[2:] - face_box[:2]
-    center = (face_box[:2] + face_box[2:]) / 2 - [0.0, 0.2 * size[1]]
-    return np.concatenate([center - 0.75 * size, center + 0.75 * size])
-
-
-def landmark_extent(detector_box: np.ndarray) -> np.ndarray:
-    """(4,) MediaPipe face-detector box -> (4,) the landmark extent it implies (BOX_TO_LANDMARK_EXTENT)."""
-    size = detector_box[2:] - detector_box[:2]
-    center = (detector_box[:2] + detector_box[2:]) / 2 + np.asarray(BOX_TO_LANDMARK_EXTENT["center"]) * size
-    half = np.asarray(BOX_TO_LANDMARK_EXTENT["size"]) * size / 2
-    return np.concatenate([center - half, center + half])
+    """(4,) landmark-extent box -> (4,) box round the whole head (FACE_TO_HEAD)."""
+    return remap_box(face_box, FACE_TO_HEAD)
 
 
 def same_face(a: np.ndarray, b: np.ndarray) -> bool:
@@ -311,7 +306,7 @@ class MediaPipeDetector:
         for box, need in candidates:
             framed, score = self.look(image, box, mirrored=True)
             if score >= need:
-                found.append(Detection(landmark_extent(framed), None, score=score))
+                found.append(Detection(remap_box(framed, BOX_TO_LANDMARK_EXTENT), None, score=score))
         return suppress_duplicates(found)
 
     def score(self, image: np.ndarray, box: np.ndarray) -> float:
@@ -447,4 +442,4 @@ class VideoFaceFinder:
         framed, score = self.photo.look(image, roi.box, mirrored=True)
         if score < self.photo.box_confidence:
             return None
-        return Detection(landmark_extent(framed), None, score=score)
+        return Detection(remap_box(framed, BOX_TO_LANDMARK_EXTENT), None, score=score)

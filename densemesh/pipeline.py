@@ -114,48 +114,43 @@ class Reconstructor:
 
     def fit_detections(self, images: list[np.ndarray], detections: list[Detection], refine: str | None = None,
                        identities: torch.Tensor | None = None, focal: float | None = None,
-                       start: FitState | None = None):
-        """Landmark fit (+ refinement) of detections -> (FitState, landmarks (B, 478, 2) or None,
-        timings). ``state.fitted`` (B,) says per face what decided (see :meth:`trusted`): the
-        landmark fit to MediaPipe's points, or the network alone.
+                       start: FitState | None = None) -> tuple[FitState, dict]:
+        """Landmark fit (+ refinement) of detections -> (FitState, timings). ``state.fitted`` (B,)
+        says per face what decided (see :meth:`trusted`): the landmark fit to MediaPipe's points,
+        or the network alone.
 
         images: the image of each detection (a photo repeats its image; a video batch mixes
         frames of one size); identities (B, 100): fixed identities (a video track's), else solved;
         focal: px, else chosen from the faces; start: a previous frame's fit of the same faces to
         start from (fewer iterations).
         """
-        dev, b = self.device, len(detections)
+        dev = self.device
         timings = {}
         t0 = time.perf_counter()
-        net = self.regress(images, detections, focal) if self.regressor is not None else None
-        if net is not None:
+        state = self.regress(images, detections, focal) if self.regressor is not None else None
+        if state is not None:
             timings["regress_s"] = time.perf_counter() - t0
-            focal = float(net.focal[0])
-        fitted = self.trusted(detections, net)
-        landmarks = None
-        if any(d.landmarks is not None for d in detections):
-            landmarks = torch.tensor(np.stack([d.landmarks[:, :2] if d.landmarks is not None else np.full((478, 2), np.nan)
-                                               for d in detections]), dtype=torch.float32, device=dev)
-        state = net if net is not None else None
-        rows = [i for i, ok in enumerate(fitted) if ok]
-        if rows and self.use_fit:
-            sub_dets = [detections[i] for i in rows]
-            lm = landmarks[rows]
-            prior = torch.tensor(mediapipe_expression_prior(np.stack([d.blendshapes for d in sub_dets]),
+            focal = float(state.focal[0])
+        fitted = torch.tensor(self.trusted(detections, state), device=dev) & self.use_fit
+        rows = fitted.nonzero()[:, 0].tolist()
+        if rows:
+            dets = [detections[i] for i in rows]
+            lm = torch.tensor(np.stack([d.landmarks[:, :2] for d in dets]), dtype=torch.float32, device=dev)
+            prior = torch.tensor(mediapipe_expression_prior(np.stack([d.blendshapes for d in dets]),
                                                             self.model.expression_names), dtype=torch.float32, device=dev)
             iterations = None
             if start is not None:
                 sub = start.select_rows(rows)
                 iterations = self.fitter.config.tracking_iterations
-            elif net is not None:
-                sub = net.select_rows(rows)
+            elif state is not None:
+                sub = state.select_rows(rows)
             else:
-                rotations = torch.tensor(np.stack([_orthonormal(d.transform[:3, :3]) for d in sub_dets]),
+                rotations = torch.tensor(np.stack([_orthonormal(d.transform[:3, :3]) for d in dets]),
                                          dtype=torch.float32, device=dev)
                 sub = self.fitter.initial_state(lm, rotations, prior, images[0].shape[:2], focal)
             if identities is not None:
                 sub.identity = identities[rows].to(dev, torch.float32).clone()
-            weights = self.point_weights(net.select_rows(rows)) if net is not None else None
+            weights = self.point_weights(state.select_rows(rows)) if state is not None else None
             t0 = time.perf_counter()
             sub = self.fitter.fit(lm, sub, prior, iterations, fix_identity=identities is not None, weights=weights)
             timings["fit_s"] = time.perf_counter() - t0
@@ -167,13 +162,12 @@ class Reconstructor:
                 timings["refine_s"] = time.perf_counter() - t0
                 timings.update({k: v.tolist() for k, v in stats.items()})
             state = sub if state is None else state.with_rows(rows, sub)
-        elif state is None:  # no network and nothing MediaPipe landmarked: cannot happen with a detector
+        if state is None:  # only without the network, and then every detection has landmarks
             raise ValueError("detections without landmarks need the regressor")
         if identities is not None:  # a video track's locked identity also where the network answers
-            state.identity = identities.to(dev, torch.float32).clone() if not rows else torch.where(
-                torch.tensor(fitted, device=dev)[:, None], state.identity, identities.to(dev, torch.float32))
-        state.fitted = torch.tensor(fitted, device=dev) & torch.tensor(self.use_fit, device=dev)
-        return state, landmarks, timings
+            state.identity = torch.where(fitted[:, None], state.identity, identities.to(dev, torch.float32))
+        state.fitted = fitted
+        return state, timings
 
     #: Beyond this |yaw| (degrees, the network's estimate) MediaPipe's landmarks are not used: its
     #: landmarker is made for faces that show both eyes, and past it the network alone scores
@@ -189,19 +183,15 @@ class Reconstructor:
         the network's estimate at hand the face has to be within MEDIAPIPE_YAW_LIMIT and
         MediaPipe's own head pose has to agree with the network's yaw (same side beyond 15
         degrees, within YAW_DISAGREEMENT)."""
-        have = [d.landmarks is not None for d in detections]
+        have = np.array([d.landmarks is not None for d in detections])
         if net is None:
-            return have
-        yaw_net = camera.matrix_to_euler(net.rotation)[:, 0].cpu().numpy()
-        out = []
-        for d, ok, y in zip(detections, have, yaw_net):
-            if not ok:
-                out.append(False)
-                continue
-            y_mp = float(camera.matrix_to_euler(torch.tensor(_orthonormal(d.transform[:3, :3]), dtype=torch.float32))[0])
-            wrong_side = abs(y) > 15 and np.sign(y_mp) != np.sign(y)
-            out.append(abs(y) <= self.MEDIAPIPE_YAW_LIMIT and not wrong_side and abs(y - y_mp) <= self.YAW_DISAGREEMENT)
-        return out
+            return have.tolist()
+        y = camera.matrix_to_euler(net.rotation)[:, 0].cpu().numpy()
+        y_mp = camera.matrix_to_euler(torch.tensor(np.stack([_orthonormal(d.transform[:3, :3]) for d in detections]),
+                                                   dtype=torch.float32))[:, 0].numpy()
+        wrong_side = (np.abs(y) > 15) & (np.sign(y_mp) != np.sign(y))
+        return (have & (np.abs(y) <= self.MEDIAPIPE_YAW_LIMIT) & ~wrong_side
+                & (np.abs(y - y_mp) <= self.YAW_DISAGREEMENT)).tolist()
 
     def point_weights(self, net: FitState) -> torch.Tensor:
         """(B, 468) weights of MediaPipe's points in the landmark fit from the network's pose:
@@ -260,7 +250,7 @@ class Reconstructor:
         ``state`` skips the fit (e.g. parameters a video filter smoothed)."""
         timings = {}
         if state is None:
-            state, landmarks, timings = self.fit_detections(images, detections, refine, identities)
+            state, timings = self.fit_detections(images, detections, refine, identities)
         t0 = time.perf_counter()
         results = self.describe(images, detections, state)
         timings["describe_s"] = time.perf_counter() - t0

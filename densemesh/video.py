@@ -333,7 +333,7 @@ class VideoReconstructor:
             identities = torch.tensor(np.stack([t.identity for t in tracks]), dtype=torch.float32)
             if all(t.fit is not None for t in tracks):
                 start = FitState.stack([t.fit for t in tracks])
-        state, _, _ = self.rec.fit_detections([frame.image] * len(detections), detections, refine="none",
+        state, _ = self.rec.fit_detections([frame.image] * len(detections), detections, refine="none",
                                               identities=identities, focal=self.focal, start=start)
         if self.focal is None:
             self.focal = float(state.focal[0])

@@ -51,9 +51,8 @@ def evaluate(mode: str, rows: np.ndarray, labels: dict) -> list[dict]:
 
     out = []
     with Reconstructor(device="cpu", **MODES[mode]) as rec:
-        if mode == "mediapipe-always":
-            rec.MEDIAPIPE_YAW_LIMIT, rec.YAW_DISAGREEMENT, rec.trusted = 180.0, 360.0, \
-                lambda dets, net: [d.landmarks is not None for d in dets]
+        if mode == "mediapipe-always":  # no pose limit, no plausibility check
+            rec.trusted = lambda dets, net: [d.landmarks is not None for d in dets]
         for i in rows:
             image = aflw.load_image(labels["names"][i])
             pts, vis = labels["merl68"][i], labels["merl68_visibility"][i]

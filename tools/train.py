@@ -220,15 +220,13 @@ class Criterion:
 
 
 def mirror(crops: np.ndarray, lm: np.ndarray, vis: np.ndarray, yaw: np.ndarray, flip: np.ndarray):
-    """Left-right mirror of the samples where ``flip`` (B,) bool: crops (B, S, S, 3), 68 points
-    (B, 68, 2) crop px, visibility (B, 68), yaw (B,) degrees."""
-    from aflw import MIRROR_68
+    """:func:`aflw.mirror` applied to the samples where ``flip`` (B,) bool: crops (B, S, S, 3),
+    68 points (B, 68, 2) crop px, visibility (B, 68), yaw (B,) degrees."""
+    import aflw
 
     crops, lm, vis, yaw = crops.copy(), lm.copy(), vis.copy(), yaw.copy()
-    crops[flip] = crops[flip][:, :, ::-1]
-    lm[flip] = lm[flip][:, MIRROR_68] * [-1, 1] + [REGRESSOR_SIZE - 1, 0]
-    vis[flip] = vis[flip][:, MIRROR_68]
-    yaw[flip] = -yaw[flip]
+    for i in np.flatnonzero(flip):
+        crops[i], lm[i], vis[i], yaw[i] = aflw.mirror(crops[i], lm[i], vis[i], yaw[i])
     return crops, lm, vis, yaw
 
 
