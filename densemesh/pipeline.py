@@ -83,7 +83,8 @@ class Reconstructor:
         self.regressor = None
         if regressor is not None:
             try:
-                self.regressor = Regressor(None if regressor == "default" else regressor, self.device)
+                self.regressor = Regressor(None if regressor == "default" else regressor, self.device,
+                                           mirror_maps=self.model.mirror_maps())
             except FileNotFoundError:
                 if regressor != "default":
                     raise

@@ -94,17 +94,43 @@ def export_onnx(net: FaceRegressor, path: str | Path) -> Path:
     return Path(path)
 
 
+def unmirror(pred: Prediction, maps: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Prediction:
+    """The prediction for a crop, given ``pred`` for the crop mirrored left-right; ``maps``:
+    :meth:`densemesh.facemodel.FaceModel.mirror_maps`. The mirrored face's identity and
+    expression map through the model's mirror; its rotation R becomes F R F (F = diag(-1, 1, 1):
+    mirroring the crop mirrors camera x, which is model x); the offset's x mirrors in the crop."""
+    _, identity_map, expression_partner = maps
+    flip = torch.diag(torch.tensor([-1.0, 1.0, 1.0])).to(pred.rotation)
+    weak = pred.weak.clone()
+    weak[:, 1] = REGRESSOR_SIZE - 1 - weak[:, 1]
+    return Prediction(pred.identity @ identity_map.T.to(pred.identity), pred.expression[:, expression_partner.cpu()],
+                      flip @ pred.rotation @ flip, weak)
+
+
+def average(a: Prediction, b: Prediction) -> Prediction:
+    """The mean of two predictions of the same faces; rotations averaged on SO(3) (the nearest
+    rotation to the mean matrix)."""
+    u, _, vt = torch.linalg.svd((a.rotation + b.rotation) / 2)
+    det = torch.linalg.det(u @ vt)
+    u = torch.cat([u[..., :2], u[..., 2:] * det[:, None, None]], -1)
+    return Prediction((a.identity + b.identity) / 2, (a.expression + b.expression) / 2, u @ vt, (a.weak + b.weak) / 2)
+
+
 class Regressor:
     """Runs the network on face boxes: ONNX Runtime on the CPU (``regressor.onnx``, one thread:
     the fastest here), PyTorch elsewhere (``regressor.pt``, batched on a GPU).
 
     path: a ``.pt`` (PyTorch, on ``device``) or ``.onnx`` (ONNX Runtime, CPU) weights file;
     default: the shipped ``.onnx`` on the CPU, the shipped ``.pt`` elsewhere. Raises
-    FileNotFoundError when the file is missing.
+    FileNotFoundError when the file is missing. mirror_maps (the face model's
+    :meth:`~densemesh.facemodel.FaceModel.mirror_maps`): also run every crop mirrored and average
+    the two answers (test-time mirroring; twice the network's cost).
     """
 
-    def __init__(self, path: str | Path | None = None, device: str | torch.device = "cpu"):
+    def __init__(self, path: str | Path | None = None, device: str | torch.device = "cpu",
+                 mirror_maps: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None):
         self.device = torch.device(device)
+        self.mirror_maps = mirror_maps
         if path is None:
             path = WEIGHTS.with_suffix(".onnx") if self.device.type == "cpu" else WEIGHTS
         path = Path(path)
@@ -123,6 +149,15 @@ class Regressor:
     def __call__(self, crops: list[np.ndarray]) -> Prediction:
         """(128, 128, 3) uint8 crops (:func:`densemesh.crop.regressor_crop`) -> batched Prediction."""
         x = to_tensor(crops)
+        if self.mirror_maps is None:
+            return self._run(x)
+        both = self._run(torch.cat([x, x.flip(-1)]))
+        b = len(x)
+        halves = [Prediction(*(getattr(both, f)[part] for f in Prediction.__dataclass_fields__))
+                  for part in (slice(0, b), slice(b, None))]
+        return average(halves[0], unmirror(halves[1], self.mirror_maps))
+
+    def _run(self, x: torch.Tensor) -> Prediction:
         if self._session is not None:
             outs = self._session.run(None, {"crops": x.numpy()})
             return Prediction(*(torch.from_numpy(o) for o in outs))

@@ -1,15 +1,24 @@
 """The shipped regression network: loading, speed path, agreement with the full pipeline, fallback."""
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
 from skimage import data
 
+from conftest import ROOT
+
 import densemesh
-from densemesh.crop import box_from_landmarks68, regressor_crop
+from densemesh import camera
+from densemesh.crop import REGRESSOR_SIZE, box_from_landmarks68, regressor_crop
 from densemesh.detect import Detection
-from densemesh.regress import WEIGHTS, Regressor, export_onnx, load_regressor
+from densemesh.facemodel import FaceModel
+from densemesh.regress import WEIGHTS, Prediction, Regressor, average, export_onnx, load_regressor, unmirror
+
+sys.path.insert(0, str(ROOT / "tools"))
+import aflw  # noqa: E402
 
 
 def test_weights_ship_and_load_by_default():
@@ -86,3 +95,32 @@ def test_regressor_start_fits_as_well_as_the_teacher(astronaut_faces):
     assert a.fit_error < 1.2 * b.fit_error
     size = np.sqrt(np.prod(b.landmarks68_2d.max(0) - b.landmarks68_2d.min(0)))
     assert np.linalg.norm(a.landmarks68_2d - b.landmarks68_2d, axis=1).mean() / size < 0.01
+
+
+def test_unmirroring_a_prediction_mirrors_its_face():
+    """The parameter-level mirror (test-time mirroring) against the independent iBUG left-right
+    index map: the 68 points of an unmirrored prediction are the mirror image of the original's,
+    and mirroring twice gives the prediction back."""
+    model = FaceModel.load()
+    maps = model.mirror_maps()
+    g = torch.Generator().manual_seed(3)
+    rotation = camera.euler_to_matrix(torch.tensor([[50.0, -10.0, 15.0], [-75.0, 5.0, -5.0]]))
+    expression = torch.zeros(2, 53)
+    expression[:, model.expression_names.index("mouthSmile_L")] = 0.8
+    expression[:, model.expression_names.index("eyeBlink_R")] = 1.0
+    pred = Prediction(torch.randn(2, 100, generator=g), expression, rotation, torch.tensor([[6.0, 60.0, 70.0]] * 2))
+
+    def points(p):
+        verts = model.decode(p.identity, p.expression, model.ibug68)
+        return camera.project_weak(verts, p.rotation, p.weak[:, 0], p.weak[:, 1:]).numpy()
+
+    original, mirrored = points(pred), points(unmirror(pred, maps))
+    expected = original[:, aflw.MIRROR_68]
+    expected[..., 0] = REGRESSOR_SIZE - 1 - expected[..., 0]
+    assert np.abs(mirrored - expected).max() < 0.1  # crop px (a face is ~60 px wide here)
+    twice = unmirror(unmirror(pred, maps), maps)
+    for field in Prediction.__dataclass_fields__:
+        assert torch.allclose(getattr(twice, field), getattr(pred, field), atol=0.05), field
+    mean = average(pred, twice)
+    assert torch.allclose(mean.rotation, pred.rotation, atol=1e-4)
+    assert torch.allclose(mean.rotation @ mean.rotation.transpose(1, 2), torch.eye(3).expand(2, 3, 3), atol=1e-5)

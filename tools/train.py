@@ -134,20 +134,31 @@ def fill_margin(crop: np.ndarray, rng: np.random.Generator | None, donors: np.nd
     return out
 
 
-def augment(crops: np.ndarray, lm: np.ndarray, weak: np.ndarray, rng: np.random.Generator):
-    """Margin fill, random scale (+-10 %) and shift (+-8 %) of the crop window, colour, blur,
-    grey, occluders; landmarks and camera follow the window. crops (B, S, S, 3) uint8."""
+def augment(crops: np.ndarray, lm: np.ndarray, weak: np.ndarray, rotation: np.ndarray | None,
+            rng: np.random.Generator):
+    """Margin fill, random scale (+-10 %), in-plane turn (+-15 degrees, half the samples) and
+    shift (+-8 %) of the crop window, colour, blur, grey, occluders; landmarks and camera follow
+    the window. crops (B, S, S, 3) uint8, lm (B, 68, 2) crop px, weak (B, 3), rotation (B, 3, 3)
+    (None for 2D-labelled sets) -> the four, augmented."""
     import cv2
 
     s = REGRESSOR_SIZE
     out, lm2, weak2 = np.empty_like(crops), lm.copy(), weak.copy()
+    rot2 = None if rotation is None else rotation.copy()
+    flip_yz = camera.MODEL_TO_CAMERA.numpy()
     for i in range(len(crops)):
-        k = rng.uniform(0.9, 1.1)
-        shift = rng.uniform(-0.08, 0.08, 2) * s
-        m = np.array([[k, 0, (1 - k) * s / 2 + shift[0]], [0, k, (1 - k) * s / 2 + shift[1]]])
+        turn = np.deg2rad(rng.uniform(-15, 15)) if rng.random() < 0.5 else 0.0
+        c, si = np.cos(turn), np.sin(turn)
+        a = rng.uniform(0.9, 1.1) * np.array([[c, -si], [si, c]])
+        centre = np.full(2, (s - 1) / 2)
+        m = np.concatenate([a, (centre - a @ centre + rng.uniform(-0.08, 0.08, 2) * s)[:, None]], 1)
         img = cv2.warpAffine(fill_margin(crops[i], rng, crops), m, (s, s), borderMode=cv2.BORDER_REFLECT)
-        lm2[i] = lm[i] * k + m[:, 2]
-        weak2[i] = [weak[i, 0] * k, *(weak[i, 1:] * k + m[:, 2])]
+        lm2[i] = lm[i] @ a.T + m[:, 2]
+        weak2[i] = [weak[i, 0] * np.sqrt(np.linalg.det(a)), *(a @ weak[i, 1:] + m[:, 2])]
+        if rot2 is not None:  # the image turn is a turn about the camera's axis
+            turn3 = np.eye(3)
+            turn3[:2, :2] = [[c, -si], [si, c]]
+            rot2[i] = flip_yz @ turn3 @ flip_yz @ rotation[i]
         img = img.astype(np.float32) * rng.uniform(0.7, 1.3) + rng.uniform(-20, 20, 3)
         if rng.random() < 0.15:
             img = np.repeat(img.mean(-1, keepdims=True), 3, -1)
@@ -158,7 +169,7 @@ def augment(crops: np.ndarray, lm: np.ndarray, weak: np.ndarray, rng: np.random.
             x, y = rng.integers(0, s - w), rng.integers(0, s - h)
             img[y:y + h, x:x + w] = rng.uniform(0, 255, 3)
         out[i] = np.clip(img, 0, 255).astype(np.uint8)
-    return out, lm2, weak2
+    return out, lm2, weak2, rot2
 
 
 class Criterion:
@@ -236,12 +247,13 @@ def to_batch(data: dict, idx: np.ndarray, rng=None) -> tuple[torch.Tensor, dict]
     crops, lm = data["crop"][idx], data["landmarks68"][idx]
     manual = is_landmark_set(data)
     weak = np.zeros((len(idx), 3), np.float32) if manual else data["weak"][idx]
+    rotation = None if manual else data["rotation"][idx]
     if manual:
         vis, yaw = data["visibility"][idx], data["yaw"][idx]
         if rng is not None:
             crops, lm, vis, yaw = mirror(crops, lm, vis, yaw, rng.random(len(idx)) < 0.5)
     if rng is not None:
-        crops, lm, weak = augment(crops, lm, weak, rng)
+        crops, lm, weak, rotation = augment(crops, lm, weak, rotation, rng)
     else:
         crops = np.stack([fill_margin(c, None, crops) for c in crops])
     x = to_tensor(crops)
@@ -250,7 +262,7 @@ def to_batch(data: dict, idx: np.ndarray, rng=None) -> tuple[torch.Tensor, dict]
                    "yaw": torch.from_numpy(yaw).float()}
     label = {"identity": torch.from_numpy(data["identity"][idx]).float(),
              "expression": torch.from_numpy(data["expression"][idx]).float(),
-             "rotation": torch.from_numpy(data["rotation"][idx]).float(),
+             "rotation": torch.from_numpy(rotation).float(),
              "weak": torch.from_numpy(weak).float(), "landmarks68": torch.from_numpy(lm).float()}
     return x, label
 
