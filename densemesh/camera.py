@@ -57,6 +57,22 @@ def axis_angle_to_matrix(axis_angle: torch.Tensor) -> torch.Tensor:
     return _t3d.axis_angle_to_matrix(axis_angle)
 
 
+def nearest_rotation(matrices: torch.Tensor) -> torch.Tensor:
+    """(..., 3, 3) any matrices -> the nearest rotations (SVD; determinant +1)."""
+    u, _, vt = torch.linalg.svd(matrices)
+    det = torch.linalg.det(u @ vt)
+    return torch.cat([u[..., :2], u[..., 2:] * det[..., None, None]], -1) @ vt
+
+
+def weak_to_pinhole(scale: torch.Tensor, point_px: torch.Tensor, principal: torch.Tensor,
+                    focal: torch.Tensor) -> torch.Tensor:
+    """Where a weak-perspective camera puts a point, in a pinhole camera: scale (B,) px per cm,
+    point_px (B, 2) the point's pixel, principal (B, 2) px, focal (B,) px -> (B, 3) camera cm,
+    at the depth where ``focal`` gives ``scale`` px per cm, on the ray through ``point_px``."""
+    depth = focal / scale
+    return torch.cat([(point_px - principal) * (depth / focal)[:, None], depth[:, None]], 1)
+
+
 def model_to_camera(vertices: torch.Tensor, rotation: torch.Tensor, translation: torch.Tensor,
                     scale: torch.Tensor | float = 1.0) -> torch.Tensor:
     """Pose model-space points into camera space.

@@ -15,13 +15,14 @@ Photometric refinement (:func:`refine`) lives here too; the rasteriser and shadi
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from densemesh import camera
-from densemesh.detect import MEDIAPIPE_BLENDSHAPES
+from densemesh.detect import MEDIAPIPE_BLENDSHAPES, Detection
 from densemesh.facemodel import lid_edge, vertex_facing, vertex_normals
 
 #: MediaPipe FaceMesh face-oval points (its public FACE_OVAL connection list).
@@ -104,6 +105,12 @@ def mediapipe_expression_prior(scores: np.ndarray, expression_names: list[str]) 
     return out
 
 
+def mediapipe_rotations(detections: list[Detection]) -> torch.Tensor:
+    """(B, 3, 3) model rotations of MediaPipe's head transforms (made orthonormal)."""
+    return camera.nearest_rotation(torch.tensor(np.stack([d.transform[:3, :3] for d in detections]),
+                                                dtype=torch.float64)).float()
+
+
 def _apply_basis(basis: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
     """basis (B, K, 3, P), coeffs (B, P) -> (B, K, 3) offsets (one matrix product per face)."""
     b, k, c, p = basis.shape
@@ -167,8 +174,7 @@ class LandmarkFitter:
         if focal is None:
             focal = self.config.camera_distance_cm * scale.max()
         focal = torch.as_tensor(focal).to(dev).expand(b).clone()
-        tz = focal / scale
-        translation = torch.cat([(offset - principal) * (tz / focal)[:, None], tz[:, None]], 1)
+        translation = camera.weak_to_pinhole(scale, offset, principal, focal)
         return FitState(rotations.to(dev).clone(), translation, torch.zeros(b, self.model.num_identity).to(dev),
                         expression.to(dev).clone(), focal, principal)
 
@@ -433,3 +439,36 @@ def refine(fitter: LandmarkFitter, images: list[np.ndarray], state: FitState, la
     refined = FitState(rotation.detach(), translation.detach(), params["identity"].detach(),
                        params["expression"].detach(), state.focal, state.principal, state.cost)
     return refined, {"photometric_before": photo_before.cpu().numpy(), "photometric_after": photo_after.cpu().numpy()}
+
+
+def fit_detections(fitter: LandmarkFitter, images: list[np.ndarray], detections: list[Detection],
+                   start: FitState | None, level: RefineConfig | None, tracking: bool = False,
+                   identities: torch.Tensor | None = None, weights: torch.Tensor | None = None,
+                   focal: float | None = None) -> tuple[FitState, dict]:
+    """The landmark fit of detections with MediaPipe landmarks, refined at ``level`` (None: not)
+    -> (FitState, timings in s).
+
+    images: the (H, W, 3) uint8 image of each detection (one size); start: where to start (the
+    network's answer, or with ``tracking`` a previous frame's fit: fewer iterations), else
+    MediaPipe's head transforms and a weak-perspective solve at ``focal`` px (None: chosen);
+    identities (B, 100): kept fixed; weights (B, 468): per-point weights of MediaPipe's points.
+    """
+    dev = fitter.model.mean.device
+    lm = torch.tensor(np.stack([d.landmarks[:, :2] for d in detections]), dtype=torch.float32, device=dev)
+    prior = torch.tensor(mediapipe_expression_prior(np.stack([d.blendshapes for d in detections]),
+                                                    fitter.model.expression_names), dtype=torch.float32, device=dev)
+    if start is None:
+        start = fitter.initial_state(lm, mediapipe_rotations(detections).to(dev), prior, images[0].shape[:2], focal)
+    if identities is not None:
+        start.identity = identities.to(dev, torch.float32).clone()
+    fix = identities is not None
+    t0 = time.perf_counter()
+    state = fitter.fit(lm, start, prior, fitter.config.tracking_iterations if tracking else None,
+                       fix_identity=fix, weights=weights)
+    timings = {"fit_s": time.perf_counter() - t0}
+    if level is not None:
+        t0 = time.perf_counter()
+        state, stats = refine(fitter, images, state, lm, level, fix_identity=fix, weights=weights)
+        timings["refine_s"] = time.perf_counter() - t0
+        timings.update({k: v.tolist() for k, v in stats.items()})
+    return state, timings

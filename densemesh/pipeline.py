@@ -7,16 +7,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from densemesh import camera, render
-from densemesh.crop import box_from_landmarks68, regressor_crop, square_box
+from densemesh import fit, trust
+from densemesh.describe import describe
 from densemesh.detect import Detection, MediaPipeDetector, same_face
-from densemesh.facemodel import FaceModel, vertex_facing
-from densemesh import fit
-from densemesh.fit import REFINE_LEVELS, FitConfig, FitState, LandmarkFitter, mediapipe_expression_prior
+from densemesh.facemodel import FaceModel
+from densemesh.fit import REFINE_LEVELS, FitConfig, FitState, LandmarkFitter
 from densemesh.image import load_image
 from densemesh.regress import Regressor
-from densemesh.result import FaceResult, Pose
-
+from densemesh.result import FaceResult
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -27,12 +25,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' asked for, but no CUDA device is available")
     return dev
-
-
-def _orthonormal(m: np.ndarray) -> np.ndarray:
-    u, _, vt = np.linalg.svd(m)
-    r = u @ vt
-    return r if np.linalg.det(r) > 0 else u @ np.diag([1, 1, -1]) @ vt
 
 
 def one_per_face(results: list[FaceResult]) -> list[FaceResult]:
@@ -63,9 +55,6 @@ class Reconstructor:
     (``FaceResult.source == "regressor"``). Use as a context manager, or call :meth:`close`.
     """
 
-    #: z-buffer resolution (px, square crop round each face) for per-vertex visibility
-    visibility_size = 256
-
     def __init__(self, device: str = "auto", refine: str = "fast", max_faces: int = 8,
                  search: str = "thorough", texture: bool = False, detector=None,
                  fit_config: FitConfig | None = None, regressor: str | Path | None = "default",
@@ -83,8 +72,7 @@ class Reconstructor:
         self.regressor = None
         if regressor is not None:
             try:
-                self.regressor = Regressor(None if regressor == "default" else regressor, self.device,
-                                           mirror_maps=self.model.mirror_maps())
+                self.regressor = Regressor(None if regressor == "default" else regressor, self.device, self.model)
             except FileNotFoundError:
                 if regressor != "default":
                     raise
@@ -127,41 +115,24 @@ class Reconstructor:
         """
         dev = self.device
         timings = {}
-        t0 = time.perf_counter()
-        state = self.regress(images, detections, focal) if self.regressor is not None else None
-        if state is not None:
+        state = None
+        if self.regressor is not None:
+            t0 = time.perf_counter()
+            state = self.regressor.state(images, np.stack([d.box for d in detections]), focal,
+                                         self.fitter.config.camera_distance_cm)
             timings["regress_s"] = time.perf_counter() - t0
             focal = float(state.focal[0])
         fitted = torch.tensor(self.trusted(detections, state), device=dev) & self.use_fit
         rows = fitted.nonzero()[:, 0].tolist()
         if rows:
-            dets = [detections[i] for i in rows]
-            lm = torch.tensor(np.stack([d.landmarks[:, :2] for d in dets]), dtype=torch.float32, device=dev)
-            prior = torch.tensor(mediapipe_expression_prior(np.stack([d.blendshapes for d in dets]),
-                                                            self.model.expression_names), dtype=torch.float32, device=dev)
-            iterations = None
-            if start is not None:
-                sub = start.select_rows(rows)
-                iterations = self.fitter.config.tracking_iterations
-            elif state is not None:
-                sub = state.select_rows(rows)
-            else:
-                rotations = torch.tensor(np.stack([_orthonormal(d.transform[:3, :3]) for d in dets]),
-                                         dtype=torch.float32, device=dev)
-                sub = self.fitter.initial_state(lm, rotations, prior, images[0].shape[:2], focal)
-            if identities is not None:
-                sub.identity = identities[rows].to(dev, torch.float32).clone()
-            weights = self.point_weights(state.select_rows(rows)) if state is not None else None
-            t0 = time.perf_counter()
-            sub = self.fitter.fit(lm, sub, prior, iterations, fix_identity=identities is not None, weights=weights)
-            timings["fit_s"] = time.perf_counter() - t0
-            level = REFINE_LEVELS[self.refine if refine is None else refine]
-            if level is not None:
-                t0 = time.perf_counter()
-                sub, stats = fit.refine(self.fitter, [images[i] for i in rows], sub, lm, level,
-                                        fix_identity=identities is not None, weights=weights)
-                timings["refine_s"] = time.perf_counter() - t0
-                timings.update({k: v.tolist() for k, v in stats.items()})
+            begin = start if start is not None else state
+            sub, more = fit.fit_detections(
+                self.fitter, [images[i] for i in rows], [detections[i] for i in rows],
+                begin.select_rows(rows) if begin is not None else None, REFINE_LEVELS[self.refine if refine is None else refine],
+                tracking=start is not None, identities=None if identities is None else identities[rows],
+                weights=trust.point_weights(self.model, state.select_rows(rows)) if state is not None else None,
+                focal=focal)
+            timings.update(more)
             state = sub if state is None else state.with_rows(rows, sub)
         if state is None:  # only without the network, and then every detection has landmarks
             raise ValueError("detections without landmarks need the regressor")
@@ -170,79 +141,7 @@ class Reconstructor:
         state.fitted = fitted
         return state, timings
 
-    #: Beyond this |yaw| (degrees, the network's estimate) MediaPipe's landmarks are not used: its
-    #: landmarker is made for faces that show both eyes, and past it the network alone scores
-    #: better on the AFLW validation split (tools/eval_aflw.py --trust: NME of the MediaPipe fit
-    #: vs the network 5.05 / 5.81 % at 40-50 degrees, 6.18 / 5.93 % at 50-60, 6.27 / 5.83 % at 60-70).
-    MEDIAPIPE_YAW_LIMIT = 50.0
-    #: The network and MediaPipe's head transform may disagree by this much yaw (degrees) before
-    #: MediaPipe's face is judged implausible (a face turned the wrong way, a hallucinated mesh).
-    YAW_DISAGREEMENT = 30.0
-
-    def trusted(self, detections: list[Detection], net: FitState | None) -> list[bool]:
-        """Per face: whether MediaPipe's landmarks decide the mesh. They need to exist, and with
-        the network's estimate at hand the face has to be within MEDIAPIPE_YAW_LIMIT and
-        MediaPipe's own head pose has to agree with the network's yaw (same side beyond 15
-        degrees, within YAW_DISAGREEMENT)."""
-        have = np.array([d.landmarks is not None for d in detections])
-        if net is None:
-            return have.tolist()
-        y = camera.matrix_to_euler(net.rotation)[:, 0].cpu().numpy()
-        y_mp = camera.matrix_to_euler(torch.tensor(np.stack([_orthonormal(d.transform[:3, :3]) for d in detections]),
-                                                   dtype=torch.float32))[:, 0].numpy()
-        wrong_side = (np.abs(y) > 15) & (np.sign(y_mp) != np.sign(y))
-        return (have & (np.abs(y) <= self.MEDIAPIPE_YAW_LIMIT) & ~wrong_side
-                & (np.abs(y - y_mp) <= self.YAW_DISAGREEMENT)).tolist()
-
-    def point_weights(self, net: FitState) -> torch.Tensor:
-        """(B, 468) weights of MediaPipe's points in the landmark fit from the network's pose:
-        1 where the surface point faces the camera, falling to 0 at the silhouette and behind it
-        (MediaPipe places hidden points on the visible outline, where they do not belong)."""
-        vertices = self.model.decode(net.identity, net.expression)
-        cam = camera.model_to_camera(vertices, net.rotation, net.translation)
-        facing = self.model.landmarks(vertex_facing(cam, self.model.faces)[..., None], "mediapipe")[..., 0]
-        return (-facing / self.FACING_FULL_WEIGHT).clamp(0.0, 1.0)
-
-    #: cosine between surface normal and view ray at which a point counts fully (see point_weights)
-    FACING_FULL_WEIGHT = 0.3
-
-    def regress(self, images: list[np.ndarray], detections: list[Detection], focal: float | None = None) -> FitState:
-        """The regressor's parameters for each detection's box, as a FitState in image space.
-
-        Two passes: the first on the detection's box (MediaPipe's landmark extent, or the face
-        detector's box mapped onto it), the second on the box the first pass's own 68 landmarks
-        imply (:func:`densemesh.crop.box_from_landmarks68`, the rule the network's manually
-        labelled training crops were cut with) - a profile's detector box sits off the head.
-
-        Its weak-perspective crop camera becomes a pinhole: the image gets ``focal`` (else the
-        landmark fit's rule: the largest face at ``camera_distance_cm``), and each face is placed
-        so that the centroid of its MediaPipe points (where the training labels' weak cameras
-        were fitted) projects where the weak camera puts it, at the depth where that focal
-        gives the weak camera's scale. (The model origin lies ~8 cm behind the face: anchoring
-        it instead magnifies the face by ~15 %.)"""
-        crops = [regressor_crop(img, d.box) for img, d in zip(images, detections)]
-        pred = self.regressor([c.image for c in crops])
-        lm = camera.project_weak(self.model.decode(pred.identity, pred.expression, self.model.ibug68.cpu()),
-                                 pred.rotation, pred.weak[:, 0], pred.weak[:, 1:]).cpu().numpy()
-        boxes = box_from_landmarks68(np.stack([c.to_image(p) for c, p in zip(crops, lm)]))
-        crops = [regressor_crop(img, box) for img, box in zip(images, boxes)]
-        pred = self.regressor([c.image for c in crops])
-        dev, b = self.device, len(detections)
-        k = torch.tensor([c.scale for c in crops], dtype=torch.float32, device=dev)
-        off = torch.tensor(np.stack([c.offset for c in crops]), dtype=torch.float32, device=dev)
-        weak, rotation, identity, expression = (x.to(dev, torch.float32) for x in (
-            pred.weak, pred.rotation, pred.identity, pred.expression))
-        anchor = self.model.landmarks(self.model.decode(identity, expression), "mediapipe").mean(1, keepdim=True)
-        anchor = camera.model_to_camera(anchor, rotation, torch.zeros(b, 3, device=dev))[:, 0]  # (B, 3) cm
-        anchor_px = (weak[:, :1] * anchor[:, :2] + weak[:, 1:] - off) / k[:, None]
-        scale = weak[:, 0] / k  # px per cm in the image
-        h, w = images[0].shape[:2]
-        principal = torch.tensor([(w - 1) / 2, (h - 1) / 2], device=dev).expand(b, 2).clone()
-        f = torch.as_tensor(focal if focal is not None else self.fitter.config.camera_distance_cm * float(scale.max()),
-                            dtype=torch.float32, device=dev).expand(b).clone()
-        depth = f / scale
-        placed = torch.cat([(anchor_px - principal) * (depth / f)[:, None], depth[:, None]], 1)
-        return FitState(rotation, placed - anchor, identity, expression, f, principal)
+    trusted = staticmethod(trust.trusted)  # per face: MediaPipe's landmarks decide (else the network)
 
     def reconstruct_detections(self, images: list[np.ndarray], detections: list[Detection],
                                refine: str | None = None, identities: torch.Tensor | None = None,
@@ -253,79 +152,12 @@ class Reconstructor:
         if state is None:
             state, timings = self.fit_detections(images, detections, refine, identities)
         t0 = time.perf_counter()
-        results = self.describe(images, detections, state)
+        results = describe(self.model, images, detections, state, self.texture)
         timings["describe_s"] = time.perf_counter() - t0
-        for r, fitted in zip(results, state.fitted.tolist()):
+        for r in results:
             r.timings.update(timings)
-            r.refine = (self.refine if refine is None else refine) if fitted else "none"
-            r.source = "mediapipe" if fitted else "regressor"
+            r.refine = (self.refine if refine is None else refine) if r.source == "mediapipe" else "none"
         return results
-
-    @torch.no_grad()
-    def describe(self, images: list[np.ndarray], detections: list[Detection], state: FitState) -> list[FaceResult]:
-        """Fitted parameters -> one :class:`FaceResult` per detection (images: one per detection)."""
-        model = self.model
-        vertices = model.decode(state.identity, state.expression)
-        cam = camera.model_to_camera(vertices, state.rotation, state.translation)
-        uv = camera.project(cam, state.focal, state.principal)
-        facing = vertex_facing(cam, model.faces)
-        visible = self._visibility(cam, uv, state, images[0].shape[:2], facing)
-        ids68 = model.contour_landmarks(cam, uv, facing)
-        rows = torch.arange(len(detections), device=self.device)[:, None]
-        # landmark-fit quality: RMS distance of the fitted MediaPipe points, in face sizes
-        rms = torch.full((len(detections),), float("nan"))
-        rows_fitted = [i for i, (d, f) in enumerate(zip(detections, state.fitted.tolist())) if f and d.landmarks is not None]
-        if rows_fitted:
-            target = torch.tensor(np.stack([detections[i].landmarks[:468, :2] for i in rows_fitted]),
-                                  dtype=torch.float32, device=self.device)
-            mp_uv = model.landmarks(uv[rows_fitted], "mediapipe")
-            size = (target.max(1).values - target.min(1).values).prod(1).sqrt()
-            rms[rows_fitted] = (((mp_uv - target).norm(dim=-1) ** 2).mean(1).sqrt() / size).cpu()
-        colors = [self._colors(img, uv[i], visible[i]) for i, img in enumerate(images)]
-        euler = camera.matrix_to_euler(state.rotation)
-        results = []
-        for i, det in enumerate(detections):
-            pose = Pose(*(float(a) for a in euler[i]), state.rotation[i].cpu().numpy(),
-                        state.translation[i].cpu().numpy(), float(state.focal[i]), state.principal[i].cpu().numpy())
-            result = FaceResult(
-                vertices=vertices[i].cpu().numpy(), vertices_camera=cam[i].cpu().numpy(),
-                vertices_2d=uv[i].cpu().numpy(), visibility=visible[i].cpu().numpy(),
-                landmarks68_2d=uv[rows, ids68][i].cpu().numpy(), landmarks68_3d=cam[rows, ids68][i].cpu().numpy(),
-                landmarks68_projected=uv[i, model.ibug68].cpu().numpy(),
-                pose=pose, identity=state.identity[i].cpu().numpy(), expression=state.expression[i].cpu().numpy(),
-                expression_names=list(model.expression_names), box=det.box.copy(),
-                score=det.score, fit_error=float(rms[i]), colors=colors[i],
-                image_size=tuple(images[i].shape[:2]))
-            if self.texture:
-                result.texture = render.bake_texture(images[i], uv[i].cpu(), visible[i].cpu(), model.faces.cpu(),
-                                                     model.uvs.cpu(), model.face_uvs.cpu())
-            results.append(result)
-        return results
-
-    def _visibility(self, cam: torch.Tensor, uv: torch.Tensor, state: FitState,
-                    image_hw: tuple[int, int], facing: torch.Tensor) -> torch.Tensor:
-        """Z-buffer visibility, rasterised per face in a square crop (bounded cost on huge images)."""
-        boxes = [square_box(uv[i].cpu().numpy(), 1.05) for i in range(len(uv))]
-        k = torch.tensor([self.visibility_size / (b[2] - b[0]) for b in boxes], dtype=cam.dtype, device=cam.device)
-        origin = torch.tensor(np.stack([b[:2] for b in boxes]), dtype=cam.dtype, device=cam.device)
-        focal = state.focal * k
-        principal = (state.principal - origin) * k[:, None]
-        crop_vis = render.visibility(cam, self.model.faces, focal, principal,
-                                     (self.visibility_size, self.visibility_size), facing)
-        h, w = image_hw
-        inside = (uv[..., 0] > -0.5) & (uv[..., 0] < w - 0.5) & (uv[..., 1] > -0.5) & (uv[..., 1] < h - 0.5)
-        return crop_vis & inside
-
-    @staticmethod
-    def _colors(image: np.ndarray, uv: torch.Tensor, visible: torch.Tensor) -> np.ndarray:
-        """Per-vertex colours (N, 3) uint8 sampled bilinearly; hidden ones get the visible mean."""
-        import cv2
-
-        pts = uv.cpu().numpy().astype(np.float32)
-        c = cv2.remap(image, pts[None, :, 0], pts[None, :, 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[0]
-        vis = visible.cpu().numpy()
-        c[~vis] = c[vis].mean(0).round() if vis.any() else 128
-        return c
 
 
 def reconstruct(image, **options) -> list[FaceResult]:

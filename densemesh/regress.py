@@ -20,7 +20,9 @@ import torch
 from torch import nn
 
 from densemesh import camera
-from densemesh.crop import REGRESSOR_SIZE
+from densemesh.crop import REGRESSOR_SIZE, box_from_landmarks68, regressor_crop
+from densemesh.facemodel import FaceModel
+from densemesh.fit import FitState
 
 WEIGHTS = Path(__file__).resolve().parent / "templates" / "regressor.pt"
 N_IDENTITY, N_EXPRESSION = 100, 53
@@ -110,10 +112,8 @@ def unmirror(pred: Prediction, maps: tuple[torch.Tensor, torch.Tensor, torch.Ten
 def average(a: Prediction, b: Prediction) -> Prediction:
     """The mean of two predictions of the same faces; rotations averaged on SO(3) (the nearest
     rotation to the mean matrix)."""
-    u, _, vt = torch.linalg.svd((a.rotation + b.rotation) / 2)
-    det = torch.linalg.det(u @ vt)
-    u = torch.cat([u[..., :2], u[..., 2:] * det[:, None, None]], -1)
-    return Prediction((a.identity + b.identity) / 2, (a.expression + b.expression) / 2, u @ vt, (a.weak + b.weak) / 2)
+    return Prediction((a.identity + b.identity) / 2, (a.expression + b.expression) / 2,
+                      camera.nearest_rotation((a.rotation + b.rotation) / 2), (a.weak + b.weak) / 2)
 
 
 class Regressor:
@@ -122,15 +122,16 @@ class Regressor:
 
     path: a ``.pt`` (PyTorch, on ``device``) or ``.onnx`` (ONNX Runtime, CPU) weights file;
     default: the shipped ``.onnx`` on the CPU, the shipped ``.pt`` elsewhere. Raises
-    FileNotFoundError when the file is missing. mirror_maps (the face model's
-    :meth:`~densemesh.facemodel.FaceModel.mirror_maps`): also run every crop mirrored and average
-    the two answers (test-time mirroring; twice the network's cost).
+    FileNotFoundError when the file is missing. model: the face model (on ``device``); with it
+    every crop also runs mirrored and the two answers are averaged (test-time mirroring, twice
+    the network's cost; :func:`unmirror`), and :meth:`state` places faces in a pinhole camera.
     """
 
     def __init__(self, path: str | Path | None = None, device: str | torch.device = "cpu",
-                 mirror_maps: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None):
+                 model: FaceModel | None = None):
         self.device = torch.device(device)
-        self.mirror_maps = mirror_maps
+        self.model = model
+        self.mirror_maps = model.mirror_maps() if model is not None else None
         if path is None:
             path = WEIGHTS.with_suffix(".onnx") if self.device.type == "cpu" else WEIGHTS
         path = Path(path)
@@ -163,3 +164,44 @@ class Regressor:
             return Prediction(*(torch.from_numpy(o) for o in outs))
         with torch.no_grad():
             return self._net(x.to(self.device))
+
+    def state(self, images: list[np.ndarray], boxes: np.ndarray, focal: float | None,
+              camera_distance_cm: float) -> FitState:
+        """The network's answer for face boxes (B, 4) px (one image per box, one size), as a
+        FitState in the image's pinhole camera.
+
+        Two passes: the first on the given box (MediaPipe's landmark extent, or the face
+        detector's box mapped onto it), the second on the box the first pass's own 68 landmarks
+        imply (:func:`densemesh.crop.box_from_landmarks68`, the rule the network's manually
+        labelled training crops were cut with) - a profile's detector box sits off the head.
+
+        The weak-perspective crop camera becomes a pinhole: the image gets ``focal`` px (else
+        the largest face at ``camera_distance_cm``), and each face is placed so that the centroid
+        of its MediaPipe points (where the training labels' weak cameras were fitted) projects
+        where the weak camera puts it, at the depth where that focal gives the weak camera's
+        scale. (The model origin lies ~8 cm behind the face: anchoring it instead magnifies the
+        face by ~15 %.)"""
+        model = self.model
+        crops = [regressor_crop(img, box) for img, box in zip(images, boxes)]
+        pred = self([c.image for c in crops])
+        verts = model.decode(pred.identity, pred.expression, model.ibug68)
+        lm = camera.project_weak(verts, pred.rotation.to(verts), pred.weak[:, 0].to(verts),
+                                 pred.weak[:, 1:].to(verts)).cpu().numpy()
+        crops = [regressor_crop(img, box) for img, box in
+                 zip(images, box_from_landmarks68(np.stack([c.to_image(p) for c, p in zip(crops, lm)])))]
+        pred = self([c.image for c in crops])
+        dev, b = model.mean.device, len(boxes)
+        k = torch.tensor([c.scale for c in crops], dtype=torch.float32, device=dev)
+        off = torch.tensor(np.stack([c.offset for c in crops]), dtype=torch.float32, device=dev)
+        weak, rotation, identity, expression = (x.to(dev, torch.float32) for x in (
+            pred.weak, pred.rotation, pred.identity, pred.expression))
+        anchor = model.landmarks(model.decode(identity, expression), "mediapipe").mean(1, keepdim=True)
+        anchor = camera.model_to_camera(anchor, rotation, torch.zeros(b, 3, device=dev))[:, 0]  # (B, 3) cm
+        anchor_px = (weak[:, :1] * anchor[:, :2] + weak[:, 1:] - off) / k[:, None]
+        scale = weak[:, 0] / k  # px per cm in the image
+        h, w = images[0].shape[:2]
+        principal = torch.tensor([(w - 1) / 2, (h - 1) / 2], device=dev).expand(b, 2).clone()
+        f = torch.as_tensor(focal if focal is not None else camera_distance_cm * float(scale.max()),
+                            dtype=torch.float32, device=dev).expand(b).clone()
+        translation = camera.weak_to_pinhole(scale, anchor_px, principal, f) - anchor
+        return FitState(rotation, translation, identity, expression, f, principal)

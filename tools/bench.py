@@ -50,7 +50,8 @@ def bench_image() -> None:
         dets = rec.detector.detect(image)
         stages = {
             "detect (MediaPipe + score)": lambda: rec.detector.detect(image),
-            "regress (network)": lambda: rec.regress([image], dets) if rec.regressor else None,
+            "regress (network, 2 passes x 2 mirrored)": lambda: rec.regressor.state(
+                [image] * len(dets), np.stack([d.box for d in dets]), None, rec.fitter.config.camera_distance_cm),
             "fit (regressor start + LM)": lambda: rec.fit_detections([image], dets, refine="none"),
             "describe (z-buffer, 68 pts, colours)": lambda: rec.reconstruct_detections(
                 [image], dets, state=rec.fit_detections([image], dets, refine="none")[0]),

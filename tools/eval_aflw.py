@@ -12,7 +12,7 @@ network  - ``Reconstructor(fit=False, refine="none")`` (the same detections, the
 mediapipe-always - the pipeline fitting MediaPipe's landmarks wherever there are any (no pose
            limit, no plausibility check). ``--trust`` runs it and the network and compares them
            per 10-degree bucket of the network's |yaw|, over the faces MediaPipe landmarks: the
-           evidence for ``Reconstructor.MEDIAPIPE_YAW_LIMIT``.
+           evidence for ``densemesh.trust.MEDIAPIPE_YAW_LIMIT``.
 The face whose box centre lies in the labelled face's box is scored; none is a miss.
 NME: mean distance over the positioned points (visible + externally occluded; self-occluded
 points have no position) / sqrt(w h) of their box, in %, for ``landmarks68_2d`` (jaw on the

@@ -127,9 +127,9 @@ def convergence(data: Path, device: str) -> None:
     import numpy as np
     import torch
 
-    from densemesh.fit import FitState, mediapipe_expression_prior
+    from densemesh.fit import FitState, mediapipe_expression_prior, mediapipe_rotations
     from densemesh.image import load_image
-    from densemesh.pipeline import Reconstructor, _orthonormal
+    from densemesh.pipeline import Reconstructor
 
     needed = {"mediapipe start": [], "regressor start": []}
     with Reconstructor(device=device, refine="none", search="fast") as rec:
@@ -141,9 +141,9 @@ def convergence(data: Path, device: str) -> None:
             lm = torch.tensor(dets[0].landmarks[None, :, :2], dtype=torch.float32)
             prior = torch.tensor(mediapipe_expression_prior(dets[0].blendshapes[None], rec.model.expression_names),
                                  dtype=torch.float32)
-            rot = torch.tensor(_orthonormal(dets[0].transform[:3, :3])[None], dtype=torch.float32)
-            starts = {"mediapipe start": rec.fitter.initial_state(lm, rot, prior, image.shape[:2]),
-                      "regressor start": rec.regress([image], dets)}
+            starts = {"mediapipe start": rec.fitter.initial_state(lm, mediapipe_rotations(dets), prior, image.shape[:2]),
+                      "regressor start": rec.regressor.state([image], dets[0].box[None], None,
+                                                             rec.fitter.config.camera_distance_cm)}
             for name, start in starts.items():
                 costs = []
                 for it in range(13):
