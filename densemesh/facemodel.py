@@ -171,30 +171,25 @@ class FaceModel(torch.nn.Module):
         pick = lid_edge(points_2d[:, lines], facing[:, lines], upper, corners)
         return torch.gather(lines.expand(points_2d.shape[0], -1, -1), 2, pick[..., None])[..., 0]
 
-    def mirror_maps(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The model's left-right mirror (model x -> -x; ICT is symmetric) on every level:
-        ``vertex`` (N,) long, the vertex each vertex mirrors onto (nearest neighbour of the mean
-        face's mirror image); ``identity`` (100, 100) with ``mirror(decode(c)) ~ decode(c @ identity.T)``
-        (least squares over the basis, 0.5 % residual); ``expression`` (53,) long, the ARKit
-        left / right partner of each blendshape. Computed once per model (about 0.1 s)."""
-        cached = getattr(self, "_mirror", None)
-        if cached is None or cached[0].device != self.mean.device:
-            from scipy.spatial import cKDTree
-
-            flip = np.array([-1.0, 1.0, 1.0])
-            mean = self.mean.cpu().numpy()
-            vertex = cKDTree(mean).query(mean * flip)[1]
-            basis = self.identity_basis.cpu().numpy().astype(np.float64)  # (K, N, 3)
-            mirrored = basis[:, vertex] * flip
-            k = len(basis)
-            identity = np.linalg.lstsq(basis.reshape(k, -1).T, mirrored.reshape(k, -1).T, rcond=None)[0]
+    def mirror_maps(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's left-right mirror (model x -> -x; ICT is symmetric) in coefficient space,
+        on the CPU: ``identity`` (100, 100) with ``mirror(decode(c)) ~ decode(c @ identity.T)``
+        (least squares over the basis, 0.5 % residual; vertices paired by the nearest neighbour
+        of the mean face's mirror image); ``expression`` (53,) long, the ARKit left / right
+        partner of each blendshape. Computed once per model."""
+        if getattr(self, "_mirror", None) is None:
+            flip = torch.tensor([-1.0, 1.0, 1.0])
+            mean = self.mean.cpu()
+            partner_vertex = torch.cat([torch.cdist(part, mean).argmin(1) for part in (mean * flip).split(1024)])
+            k = self.num_identity
+            basis = self.identity_basis.cpu().double().reshape(k, -1).numpy()  # (K, 3N)
+            mirrored = (self.identity_basis.cpu()[:, partner_vertex] * flip).double().reshape(k, -1).numpy()
+            identity = np.linalg.solve(basis @ basis.T, basis @ mirrored.T)  # normal equations
             swap = {"_L": "_R", "_R": "_L", "Left": "Right", "Right": "Left"}
             partner = [next((n[: -len(a)] + b for a, b in swap.items() if n.endswith(a)), n)
                        for n in self.expression_names]
-            expression = [self.expression_names.index(n) for n in partner]
-            dev = self.mean.device
-            self._mirror = (torch.as_tensor(vertex, device=dev), torch.as_tensor(identity, dtype=torch.float32, device=dev),
-                            torch.as_tensor(expression, device=dev))
+            self._mirror = (torch.as_tensor(identity, dtype=torch.float32),
+                            torch.tensor([self.expression_names.index(n) for n in partner]))
         return self._mirror
 
     def region_mask(self, name: str) -> torch.Tensor:

@@ -126,9 +126,10 @@ class Reconstructor:
         rows = fitted.nonzero()[:, 0].tolist()
         if rows:
             begin = start if start is not None else state
+            level = REFINE_LEVELS[self.refine if refine is None else refine]
             sub, more = fit.fit_detections(
                 self.fitter, [images[i] for i in rows], [detections[i] for i in rows],
-                begin.select_rows(rows) if begin is not None else None, REFINE_LEVELS[self.refine if refine is None else refine],
+                begin.select_rows(rows) if begin is not None else None, level,
                 tracking=start is not None, identities=None if identities is None else identities[rows],
                 weights=trust.point_weights(self.model, state.select_rows(rows)) if state is not None else None,
                 focal=focal)

@@ -96,17 +96,17 @@ def export_onnx(net: FaceRegressor, path: str | Path) -> Path:
     return Path(path)
 
 
-def unmirror(pred: Prediction, maps: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Prediction:
+def unmirror(pred: Prediction, maps: tuple[torch.Tensor, torch.Tensor]) -> Prediction:
     """The prediction for a crop, given ``pred`` for the crop mirrored left-right; ``maps``:
     :meth:`densemesh.facemodel.FaceModel.mirror_maps`. The mirrored face's identity and
     expression map through the model's mirror; its rotation R becomes F R F (F = diag(-1, 1, 1):
     mirroring the crop mirrors camera x, which is model x); the offset's x mirrors in the crop."""
-    _, identity_map, expression_partner = maps
+    identity_map, expression_partner = maps
     flip = torch.diag(torch.tensor([-1.0, 1.0, 1.0])).to(pred.rotation)
     weak = pred.weak.clone()
     weak[:, 1] = REGRESSOR_SIZE - 1 - weak[:, 1]
-    return Prediction(pred.identity @ identity_map.T.to(pred.identity), pred.expression[:, expression_partner.cpu()],
-                      flip @ pred.rotation @ flip, weak)
+    expression = pred.expression[:, expression_partner.to(pred.expression.device)]
+    return Prediction(pred.identity @ identity_map.T.to(pred.identity), expression, flip @ pred.rotation @ flip, weak)
 
 
 def average(a: Prediction, b: Prediction) -> Prediction:

@@ -111,11 +111,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, help="also write tables and per-face rows as JSON")
     ap.add_argument("--trust", action="store_true", help="compare MediaPipe fit and network per yaw bucket")
     args = ap.parse_args(argv)
-    if not aflw.available():
-        print(f"error: AFLW labels not found in {aflw.AFLW}", file=sys.stderr)
-        return 2
-    labels = aflw.load_labels()
-    _, val = aflw.split(labels)
+    labels, _, val = aflw.labels_and_split()
     val = val[: args.limit]
     report = {}
     if args.trust:

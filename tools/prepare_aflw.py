@@ -32,11 +32,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "data" / "aflw")
     ap.add_argument("--limit", type=int, help="only N training and N / 4 validation faces (a smoke test)")
     args = ap.parse_args(argv)
-    if not aflw.available():
-        print(f"error: AFLW labels not found in {aflw.AFLW}", file=sys.stderr)
-        return 2
-    labels = aflw.load_labels()
-    train, val = aflw.split(labels)
+    labels, train, val = aflw.labels_and_split()
     if args.limit:
         train, val = train[: args.limit], val[: max(1, args.limit // 4)]
     rows = np.sort(np.concatenate([train, val]))  # labels.npz order

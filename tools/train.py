@@ -149,12 +149,13 @@ def augment(crops: np.ndarray, lm: np.ndarray, weak: np.ndarray, rotation: np.nd
     for i in range(len(crops)):
         turn = np.deg2rad(rng.uniform(-15, 15)) if rng.random() < 0.5 else 0.0
         c, si = np.cos(turn), np.sin(turn)
-        a = rng.uniform(0.9, 1.1) * np.array([[c, -si], [si, c]])
+        k = rng.uniform(0.9, 1.1)
+        a = k * np.array([[c, -si], [si, c]])
         centre = np.full(2, (s - 1) / 2)
         m = np.concatenate([a, (centre - a @ centre + rng.uniform(-0.08, 0.08, 2) * s)[:, None]], 1)
         img = cv2.warpAffine(fill_margin(crops[i], rng, crops), m, (s, s), borderMode=cv2.BORDER_REFLECT)
         lm2[i] = lm[i] @ a.T + m[:, 2]
-        weak2[i] = [weak[i, 0] * np.sqrt(np.linalg.det(a)), *(a @ weak[i, 1:] + m[:, 2])]
+        weak2[i] = [weak[i, 0] * k, *(a @ weak[i, 1:] + m[:, 2])]
         if rot2 is not None:  # the image turn is a turn about the camera's axis
             turn3 = np.eye(3)
             turn3[:2, :2] = [[c, -si], [si, c]]
