@@ -57,6 +57,11 @@ def axis_angle_to_matrix(axis_angle: torch.Tensor) -> torch.Tensor:
     return _t3d.axis_angle_to_matrix(axis_angle)
 
 
+def rotation_angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(B, 3, 3), (B, 3, 3) rotations -> (B,) the angle of the turn between them, degrees."""
+    return torch.rad2deg(_t3d.so3_relative_angle(a, b.to(a), cos_bound=0.0))
+
+
 def nearest_rotation(matrices: torch.Tensor) -> torch.Tensor:
     """(..., 3, 3) any matrices -> the nearest rotations (SVD; determinant +1)."""
     u, _, vt = torch.linalg.svd(matrices)

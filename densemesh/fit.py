@@ -16,6 +16,7 @@ Photometric refinement (:func:`refine`) lives here too; the rasteriser and shadi
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,6 +82,18 @@ class FitState:
                 out.cost = torch.full_like(out.focal, float("nan"))
             out.cost[rows] = other.cost.to(out.cost)
         return out
+
+    def blend(self, other: "FitState", share: torch.Tensor, identity: bool = True) -> "FitState":
+        """``share`` (B,) x this state + (1 - share) x ``other`` (same faces, same camera):
+        rotations by the nearest rotation of the weighted sum; translation, expression and
+        (unless ``identity`` is False) identity linearly; the cost stays this state's."""
+        def mix(a, b):
+            w = share.to(a).view(-1, *[1] * (a.dim() - 1))
+            return w * a + (1.0 - w) * b.to(a)
+        return FitState(camera.nearest_rotation(mix(self.rotation, other.rotation)),
+                        mix(self.translation, other.translation),
+                        mix(self.identity, other.identity) if identity else self.identity.clone(),
+                        mix(self.expression, other.expression).clamp(0.0, 1.0), self.focal, self.principal, self.cost)
 
     @staticmethod
     def stack(states: list["FitState"]) -> "FitState":
@@ -444,14 +457,17 @@ def refine(fitter: LandmarkFitter, images: list[np.ndarray], state: FitState, la
 def fit_detections(fitter: LandmarkFitter, images: list[np.ndarray], detections: list[Detection],
                    start: FitState | None, level: RefineConfig | None, tracking: bool = False,
                    identities: torch.Tensor | None = None, weights: torch.Tensor | None = None,
-                   focal: float | None = None) -> tuple[FitState, dict]:
+                   focal: float | None = None,
+                   blend: Callable[[FitState], FitState] | None = None) -> tuple[FitState, dict]:
     """The landmark fit of detections with MediaPipe landmarks, refined at ``level`` (None: not)
     -> (FitState, timings in s).
 
     images: the (H, W, 3) uint8 image of each detection (one size); start: where to start (the
     network's answer, or with ``tracking`` a previous frame's fit: fewer iterations), else
     MediaPipe's head transforms and a weak-perspective solve at ``focal`` px (None: chosen);
-    identities (B, 100): kept fixed; weights (B, 468): per-point weights of MediaPipe's points.
+    identities (B, 100): kept fixed; weights (B, 468): per-point weights of MediaPipe's points;
+    blend: applied to the landmark fit's result before refinement (e.g. averaging it with the
+    network's answer, :func:`densemesh.trust.blend`).
     """
     dev = fitter.model.mean.device
     lm = torch.tensor(np.stack([d.landmarks[:, :2] for d in detections]), dtype=torch.float32, device=dev)
@@ -465,6 +481,8 @@ def fit_detections(fitter: LandmarkFitter, images: list[np.ndarray], detections:
     t0 = time.perf_counter()
     state = fitter.fit(lm, start, prior, fitter.config.tracking_iterations if tracking else None,
                        fix_identity=fix, weights=weights)
+    if blend is not None:
+        state = blend(state)
     timings = {"fit_s": time.perf_counter() - t0}
     if level is not None:
         t0 = time.perf_counter()

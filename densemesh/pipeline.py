@@ -103,7 +103,7 @@ class Reconstructor:
 
     def fit_detections(self, images: list[np.ndarray], detections: list[Detection], refine: str | None = None,
                        identities: torch.Tensor | None = None, focal: float | None = None,
-                       start: FitState | None = None) -> tuple[FitState, dict]:
+                       start: FitState | None = None, blend: bool = True) -> tuple[FitState, dict]:
         """Landmark fit (+ refinement) of detections -> (FitState, timings). ``state.fitted`` (B,)
         says per face what decided (see :meth:`trusted`): the landmark fit to MediaPipe's points,
         or the network alone.
@@ -111,7 +111,9 @@ class Reconstructor:
         images: the image of each detection (a photo repeats its image; a video batch mixes
         frames of one size); identities (B, 100): fixed identities (a video track's), else solved;
         focal: px, else chosen from the faces; start: a previous frame's fit of the same faces to
-        start from (fewer iterations).
+        start from (fewer iterations); blend: average the fit with the network's answer
+        (:func:`densemesh.trust.blend`; a video does not: the network's frame-to-frame noise
+        would add jitter).
         """
         dev = self.device
         timings = {}
@@ -126,13 +128,14 @@ class Reconstructor:
         rows = fitted.nonzero()[:, 0].tolist()
         if rows:
             begin = start if start is not None else state
+            net = None if state is None else state.select_rows(rows)
             level = REFINE_LEVELS[self.refine if refine is None else refine]
             sub, more = fit.fit_detections(
                 self.fitter, [images[i] for i in rows], [detections[i] for i in rows],
                 begin.select_rows(rows) if begin is not None else None, level,
                 tracking=start is not None, identities=None if identities is None else identities[rows],
-                weights=trust.point_weights(self.model, state.select_rows(rows)) if state is not None else None,
-                focal=focal)
+                weights=None if net is None else trust.point_weights(self.model, net), focal=focal,
+                blend=(lambda s: trust.blend(s, net, identity=identities is None)) if blend and net is not None else None)
             timings.update(more)
             state = sub if state is None else state.with_rows(rows, sub)
         if state is None:  # only without the network, and then every detection has landmarks
@@ -146,12 +149,13 @@ class Reconstructor:
 
     def reconstruct_detections(self, images: list[np.ndarray], detections: list[Detection],
                                refine: str | None = None, identities: torch.Tensor | None = None,
-                               state: FitState | None = None) -> list[FaceResult]:
+                               state: FitState | None = None, blend: bool = True) -> list[FaceResult]:
         """Fit, refine and describe detections; images: the (H, W, 3) uint8 RGB image of each.
-        ``state`` skips the fit (e.g. parameters a video filter smoothed)."""
+        ``state`` skips the fit (e.g. parameters a video filter smoothed); blend: as for
+        :meth:`fit_detections`."""
         timings = {}
         if state is None:
-            state, timings = self.fit_detections(images, detections, refine, identities)
+            state, timings = self.fit_detections(images, detections, refine, identities, blend=blend)
         t0 = time.perf_counter()
         results = describe(self.model, images, detections, state, self.texture)
         timings["describe_s"] = time.perf_counter() - t0

@@ -334,7 +334,8 @@ class VideoReconstructor:
             if all(t.fit is not None for t in tracks):
                 start = FitState.stack([t.fit for t in tracks])
         state, _ = self.rec.fit_detections([frame.image] * len(detections), detections, refine="none",
-                                              identities=identities, focal=self.focal, start=start)
+                                              identities=identities, focal=self.focal, start=start,
+                                              blend=False)
         if self.focal is None:
             self.focal = float(state.focal[0])
         for i, track in enumerate(tracks or []):

@@ -100,9 +100,35 @@ def test_mediapipe_is_not_trusted_when_it_disagrees_with_the_network(rec):
         det.transform = np.eye(4)
         det.transform[:3, :3] = turned(mp_yaw)[0].numpy()
         assert rec.trusted([det], net) == [trusted], mp_yaw
+    det.transform[:3, :3] = camera.euler_to_matrix(torch.tensor([40.0, 50.0, 0.0])).numpy()
+    assert rec.trusted([det], net) == [False]  # same yaw, tipped 50 degrees: a wrong mesh
     net.rotation = turned(75.0)  # beyond what MediaPipe handles: the network decides
     det.transform[:3, :3] = turned(75.0)[0].numpy()
     assert rec.trusted([det], net) == [False]
+
+
+def test_fit_and_network_average_only_where_they_agree():
+    """trust.blend: the fit's share of the turn between fit and network is MEDIAPIPE_SHARE where
+    they agree; beyond ROTATION_AGREEMENT the fit answers alone."""
+    import torch
+
+    from densemesh import camera, trust
+    from densemesh.fit import FitState
+
+    def state(yaw, shift):
+        return FitState(camera.euler_to_matrix(torch.tensor([[yaw, 0.0, 0.0]])), torch.full((1, 3), shift),
+                        torch.full((1, 100), shift), torch.full((1, 53), 0.5 + shift / 10),
+                        torch.ones(1), torch.zeros(1, 2))
+
+    fit = state(0.0, 0.0)
+    mixed = trust.blend(fit, state(10.0, 1.0))
+    share = trust.MEDIAPIPE_SHARE
+    assert float(camera.matrix_to_euler(mixed.rotation)[0, 0]) == pytest.approx(10 * (1 - share), abs=0.05)
+    assert torch.allclose(mixed.translation, torch.full((1, 3), 1 - share))
+    assert torch.allclose(mixed.expression, torch.full((1, 53), 0.5 + (1 - share) / 10))
+    assert torch.equal(trust.blend(fit, state(10.0, 1.0), identity=False).identity, fit.identity)
+    apart = trust.blend(fit, state(trust.ROTATION_AGREEMENT[1] + 5, 1.0))
+    assert torch.allclose(apart.rotation, fit.rotation, atol=1e-6) and torch.allclose(apart.translation, fit.translation)
 
 
 def test_projected_landmarks_in_every_output(labels, profiles, tmp_path):

@@ -127,6 +127,21 @@ def test_annotated_photo_nme(shared, rec):
     assert n68 < 0.04 and n51 < 0.04
 
 
+def test_annotated_photos_mean_nme(shared):
+    """The frontal bar on all annotated photos (refine none): tools/eval_landmarks.py measures
+    3.54 % (68 points); 3.7 % is the bar. Two of them (a strong expression, an old print) are
+    where the network is wrong and the fit alone has to answer (densemesh.trust.blend)."""
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    from eval_landmarks import evaluate
+
+    rows = evaluate(shared / "faces" / "annotated", ["none"])
+    nme68 = [r["none"]["nme68"] for r in rows.values()]
+    assert len(nme68) == 6 and None not in nme68
+    assert np.mean(nme68) < 0.037, np.round(nme68, 4)
+
+
 def test_huge_image_runs_in_bounded_memory(tmp_path):
     big = np.zeros((4000, 6000, 3), np.uint8)
     face = np.asarray(Image.fromarray(data.astronaut()).resize((2048, 2048)))

@@ -86,15 +86,24 @@ def test_a_box_without_landmarks_gets_the_regressor(astronaut_faces):
 
 
 def test_regressor_start_fits_as_well_as_the_teacher(astronaut_faces):
-    full, _ = astronaut_faces
+    """The landmark fit from the network's start (before it is averaged with the network) fits
+    MediaPipe's points as well as the fit from MediaPipe's own pose (the teacher)."""
+    image = data.astronaut()
     with densemesh.Reconstructor(device="cpu", refine="none") as rec, \
             densemesh.Reconstructor(device="cpu", refine="none", regressor=None) as teacher:
-        a, b = rec(data.astronaut())[0], teacher(data.astronaut())[0]
+        dets = rec.detector.detect(image)
+        state, _ = rec.fit_detections([image] * len(dets), dets, blend=False)
+        a, b = rec.reconstruct_detections([image] * len(dets), dets, state=state)[0], teacher(image)[0]
+        blended = rec(image)[0]
     # with the network, points hidden under its pose count less, so the RMS over all 468 points
     # (fit_error) is a little higher by design (measured 1.10x); the landmarks agree
     assert a.fit_error < 1.2 * b.fit_error
     size = np.sqrt(np.prod(b.landmarks68_2d.max(0) - b.landmarks68_2d.min(0)))
     assert np.linalg.norm(a.landmarks68_2d - b.landmarks68_2d, axis=1).mean() / size < 0.01
+    # averaged with the network the mesh moves off MediaPipe's points, but not far (measured:
+    # 1.5x the fit error, the 68 points 1.7 % of the face size away)
+    assert blended.fit_error < 2.0 * b.fit_error
+    assert np.linalg.norm(blended.landmarks68_2d - b.landmarks68_2d, axis=1).mean() / size < 0.03
 
 
 def test_unmirroring_a_prediction_mirrors_its_face():
