@@ -13,8 +13,8 @@ from densemesh.fit import FitState, mediapipe_rotations
 
 #: Beyond this |yaw| (degrees, the network's estimate) MediaPipe's landmarks are not used: its
 #: landmarker is made for faces that show both eyes, and past it the network alone scores
-#: better on the AFLW validation split (tools/eval_aflw.py --trust: NME of the MediaPipe fit
-#: vs the network 5.05 / 5.81 % at 40-50 degrees, 6.18 / 5.93 % at 50-60, 6.27 / 5.83 % at 60-70).
+#: better on the AFLW validation split (tools/eval_aflw.py --trust, v5 network, fit not averaged:
+#: NME of the MediaPipe fit vs the network 5.06 / 5.28 % at 40-50 degrees, 5.46 / 4.70 % at 50-60).
 MEDIAPIPE_YAW_LIMIT = 50.0
 #: The network and MediaPipe's head transform may disagree by this much yaw (degrees) before
 #: MediaPipe's face is judged implausible (a face turned the wrong way, a hallucinated mesh).

@@ -85,7 +85,7 @@ def test_a_box_without_landmarks_gets_the_regressor(astronaut_faces):
     assert result.visibility.sum() > 1000
 
 
-def test_regressor_start_fits_as_well_as_the_teacher(astronaut_faces):
+def test_regressor_start_fits_as_well_as_the_teacher():
     """The landmark fit from the network's start (before it is averaged with the network) fits
     MediaPipe's points as well as the fit from MediaPipe's own pose (the teacher)."""
     image = data.astronaut()

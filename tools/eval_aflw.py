@@ -10,7 +10,7 @@ blurred surround (tools/aflw.py padded_frame) and run through densemesh as a use
 pipeline - ``Reconstructor(refine="none")`` (detection, per-pose source choice, landmark fit);
 network  - ``Reconstructor(fit=False, refine="none")`` (the same detections, the network alone);
 mediapipe-always - the pipeline fitting MediaPipe's landmarks wherever there are any (no pose
-           limit, no plausibility check). ``--trust`` runs it and the network and compares them
+           limit, no plausibility check; the fit averaged with the network as in the pipeline). ``--trust`` runs it and the network and compares them
            per 10-degree bucket of the network's |yaw|, over the faces MediaPipe landmarks: the
            evidence for ``densemesh.trust.MEDIAPIPE_YAW_LIMIT``.
 The face whose box centre lies in the labelled face's box is scored; none is a miss.
