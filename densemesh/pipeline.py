@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +104,7 @@ class Reconstructor:
 
     def fit_detections(self, images: list[np.ndarray], detections: list[Detection], refine: str | None = None,
                        identities: torch.Tensor | None = None, focal: float | None = None,
-                       start: FitState | None = None, blend: bool = True) -> tuple[FitState, dict]:
+                       start: FitState | None = None, photo: bool = True) -> tuple[FitState, dict]:
         """Landmark fit (+ refinement) of detections -> (FitState, timings). ``state.fitted`` (B,)
         says per face what decided (see :meth:`trusted`): the landmark fit to MediaPipe's points,
         or the network alone.
@@ -111,9 +112,10 @@ class Reconstructor:
         images: the image of each detection (a photo repeats its image; a video batch mixes
         frames of one size); identities (B, 100): fixed identities (a video track's), else solved;
         focal: px, else chosen from the faces; start: a previous frame's fit of the same faces to
-        start from (fewer iterations); blend: average the fit with the network's answer
-        (:func:`densemesh.trust.blend`; a video does not: the network's frame-to-frame noise
-        would add jitter).
+        start from (fewer iterations); photo: a photo's extra care, which a video does not take:
+        the fit averaged with the network's answer (:func:`densemesh.trust.blend`; in a video the
+        network's frame-to-frame noise would add jitter) and rejected faces re-framed
+        (:meth:`reframe_rejected`, ~0.3 s a face; their entries in ``detections`` are replaced).
         """
         dev = self.device
         timings = {}
@@ -122,8 +124,10 @@ class Reconstructor:
             t0 = time.perf_counter()
             state = self.regressor.state(images, np.stack([d.box for d in detections]), focal,
                                          self.fitter.config.camera_distance_cm)
-            timings["regress_s"] = time.perf_counter() - t0
             focal = float(state.focal[0])
+            if photo:
+                state = self.reframe_rejected(images, detections, state)
+            timings["regress_s"] = time.perf_counter() - t0
         fitted = torch.tensor(self.trusted(detections, state), device=dev) & self.use_fit
         rows = fitted.nonzero()[:, 0].tolist()
         if rows:
@@ -135,7 +139,7 @@ class Reconstructor:
                 begin.select_rows(rows) if begin is not None else None, level,
                 tracking=start is not None, identities=None if identities is None else identities[rows],
                 weights=None if net is None else trust.point_weights(self.model, net), focal=focal,
-                blend=(lambda s: trust.blend(s, net, identity=identities is None)) if blend and net is not None else None)
+                blend=(lambda s: trust.blend(s, net, identity=identities is None)) if photo and net is not None else None)
             timings.update(more)
             state = sub if state is None else state.with_rows(rows, sub)
         if state is None:  # only without the network, and then every detection has landmarks
@@ -147,15 +151,34 @@ class Reconstructor:
 
     trusted = staticmethod(trust.trusted)  # per face: MediaPipe's landmarks decide (else the network)
 
+    def reframe_rejected(self, images, detections: list[Detection], state: FitState) -> FitState:
+        """Where the network rejects MediaPipe's landmarks (:meth:`trusted`) they may sit on hair or
+        an ear: the detector's side-view detector looks round the face, and the network answers
+        again on the box it finds. Those entries of ``detections`` get the new box (MediaPipe's
+        landmarks stay, to be judged again); returns the network's state with those faces redone."""
+        side_view = getattr(self.detector, "side_view", None)
+        if side_view is None:
+            return state
+        ok = self.trusted(detections, state)
+        found = {i: side_view.near(images[i], d.box) for i, d in enumerate(detections) if d.landmarks is not None and not ok[i]}
+        rows = [i for i, box in found.items() if box is not None]
+        if not rows:
+            return state
+        for i in rows:
+            detections[i] = replace(detections[i], box=found[i])
+        again = self.regressor.state([images[i] for i in rows], np.stack([found[i] for i in rows]),
+                                     float(state.focal[0]), self.fitter.config.camera_distance_cm)
+        return state.with_rows(rows, again)
+
     def reconstruct_detections(self, images: list[np.ndarray], detections: list[Detection],
                                refine: str | None = None, identities: torch.Tensor | None = None,
-                               state: FitState | None = None, blend: bool = True) -> list[FaceResult]:
+                               state: FitState | None = None, photo: bool = True) -> list[FaceResult]:
         """Fit, refine and describe detections; images: the (H, W, 3) uint8 RGB image of each.
-        ``state`` skips the fit (e.g. parameters a video filter smoothed); blend: as for
+        ``state`` skips the fit (e.g. parameters a video filter smoothed); photo: as for
         :meth:`fit_detections`."""
         timings = {}
         if state is None:
-            state, timings = self.fit_detections(images, detections, refine, identities, blend=blend)
+            state, timings = self.fit_detections(images, detections, refine, identities, photo=photo)
         t0 = time.perf_counter()
         results = describe(self.model, images, detections, state, self.texture)
         timings["describe_s"] = time.perf_counter() - t0

@@ -335,7 +335,7 @@ class VideoReconstructor:
                 start = FitState.stack([t.fit for t in tracks])
         state, _ = self.rec.fit_detections([frame.image] * len(detections), detections, refine="none",
                                               identities=identities, focal=self.focal, start=start,
-                                              blend=False)
+                                              photo=False)
         if self.focal is None:
             self.focal = float(state.focal[0])
         for i, track in enumerate(tracks or []):

@@ -92,7 +92,7 @@ def test_regressor_start_fits_as_well_as_the_teacher():
     with densemesh.Reconstructor(device="cpu", refine="none") as rec, \
             densemesh.Reconstructor(device="cpu", refine="none", regressor=None) as teacher:
         dets = rec.detector.detect(image)
-        state, _ = rec.fit_detections([image] * len(dets), dets, blend=False)
+        state, _ = rec.fit_detections([image] * len(dets), dets, photo=False)
         a, b = rec.reconstruct_detections([image] * len(dets), dets, state=state)[0], teacher(image)[0]
         blended = rec(image)[0]
     # with the network, points hidden under its pose count less, so the RMS over all 468 points

@@ -4,6 +4,7 @@ the held-out AFLW validation split (tools/aflw.py: manual MERL-RAV 68-point labe
 
     python tools/eval_aflw.py [--modes pipeline network] [--limit N] [--json out.json]
     python tools/eval_aflw.py --trust     # where MediaPipe's landmarks stop helping
+    python tools/eval_aflw.py --box-rule  # check densemesh.detect.DLIB_TO_LANDMARK_EXTENT
 
 Each validation face (a tight 120 px crop) is put in the middle of a 3x larger frame with a
 blurred surround (tools/aflw.py padded_frame) and run through densemesh as a user would:
@@ -13,6 +14,9 @@ mediapipe-always - the pipeline fitting MediaPipe's landmarks wherever there are
            limit, no plausibility check; the fit averaged with the network as in the pipeline). ``--trust`` runs it and the network and compares them
            per 10-degree bucket of the network's |yaw|, over the faces MediaPipe landmarks: the
            evidence for ``densemesh.trust.MEDIAPIPE_YAW_LIMIT``.
+``--box-rule`` runs dlib's face detector on 800 seeded training faces and prints how the
+labelled landmark-extent box (crop.box_from_landmarks68 of the positioned points) sits in its
+mapped box: median centre shift and size ratio, 0 and 1 where the rule holds.
 The face whose box centre lies in the labelled face's box is scored; none is a miss.
 NME: mean distance over the positioned points (visible + externally occluded; self-occluded
 points have no position) / sqrt(w h) of their box, in %, for ``landmarks68_2d`` (jaw on the
@@ -104,14 +108,38 @@ def trust_table(always: list[dict], network: list[dict]) -> None:
                   f"  {100 * np.mean([n['nme'] for _, n in sel]):13.2f}")
 
 
+def box_rule(labels: dict, train: np.ndarray, n: int = 800) -> None:
+    from densemesh.crop import box_from_landmarks68
+    from densemesh.detect import DlibFaceDetector
+
+    side_view = DlibFaceDetector()
+    shift, ratio = [], []
+    for i in np.random.default_rng(0).choice(train, n, replace=False):
+        frame, offset = aflw.padded_frame(aflw.load_image(labels["names"][i]))
+        pts = np.where(labels["merl68_visibility"][i][:, None] > 0, labels["merl68"][i] + offset, np.nan)
+        target = box_from_landmarks68(pts[None])[0]
+        lo, hi = np.nanmin(pts, 0), np.nanmax(pts, 0)
+        hits = [b for b, _ in side_view.detect(frame) if np.all(((b[:2] + b[2:]) / 2 >= lo) & ((b[:2] + b[2:]) / 2 <= hi))]
+        if hits:
+            size = hits[0][2:] - hits[0][:2]
+            shift.append(((target[:2] + target[2:]) - (hits[0][:2] + hits[0][2:])) / 2 / size)
+            ratio.append((target[2:] - target[:2]) / size)
+    print(f"dlib found {len(shift)} of {n} training faces; labelled box in the mapped box: centre shift "
+          f"{np.round(np.median(shift, 0), 3)}, size ratio {np.round(np.median(ratio, 0), 3)} (x, y; width, height units)")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     ap.add_argument("--limit", type=int, help="the first N validation faces only (a quick look)")
     ap.add_argument("--json", type=Path, help="also write tables and per-face rows as JSON")
     ap.add_argument("--trust", action="store_true", help="compare MediaPipe fit and network per yaw bucket")
+    ap.add_argument("--box-rule", action="store_true", help="check dlib's box -> landmark-extent rule")
     args = ap.parse_args(argv)
-    labels, _, val = aflw.labels_and_split()
+    labels, train, val = aflw.labels_and_split()
+    if args.box_rule:
+        box_rule(labels, train)
+        return 0
     val = val[: args.limit]
     report = {}
     if args.trust:

@@ -59,7 +59,7 @@ def label_shard(paths: list[Path], rec) -> dict:
         if not dets:
             continue
         det = dets[0]
-        face = rec.reconstruct_detections([image], [det], refine="none", blend=False)[0]  # the fit's own labels
+        face = rec.reconstruct_detections([image], [det], refine="none", photo=False)[0]  # the fit's own labels
         crop = regressor_crop(image, det.box)
         with quiet_native_logs():
             found = rec.detector._scorer.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=image))
