@@ -1,5 +1,5 @@
 """Fitted parameters -> :class:`~densemesh.result.FaceResult`: the one place where photos and video
-frames turn a :class:`~densemesh.fit.FitState` into results (vertices in every space, z-buffer
+frames turn a :class:`~densemesh.fit.FitState` into results (vertices in every space,
 visibility, both 68-point conventions, fit error, colours, texture)."""
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from densemesh.facemodel import FaceModel, vertex_facing
 from densemesh.fit import FitState
 from densemesh.result import FaceResult, Pose
 
-#: z-buffer resolution (px, square crop round each face) for per-vertex visibility
+#: z-buffer resolution (px, square crop round each face) for per-vertex visibility on a GPU (the
+#: CPU casts a ray per vertex instead, see densemesh.render.visibility)
 VISIBILITY_SIZE = 256
 
 
@@ -68,8 +69,9 @@ def fit_error(model: FaceModel, uv: torch.Tensor, detections: list[Detection], f
 
 def visibility(model: FaceModel, cam: torch.Tensor, uv: torch.Tensor, state: FitState,
                image_hw: tuple[int, int], facing: torch.Tensor) -> torch.Tensor:
-    """(B, N) bool z-buffer visibility inside the image, rasterised per face in a square crop of
-    VISIBILITY_SIZE px (bounded cost on huge images). cam (B, N, 3) cm, uv (B, N, 2) px."""
+    """(B, N) bool visibility inside the image (:func:`densemesh.render.visibility`), per face in
+    a square crop of VISIBILITY_SIZE px (a GPU's z-buffer: bounded cost on huge images). cam
+    (B, N, 3) cm, uv (B, N, 2) px."""
     boxes = [square_box(uv[i].cpu().numpy(), 1.05) for i in range(len(uv))]
     k = torch.tensor([VISIBILITY_SIZE / (b[2] - b[0]) for b in boxes], dtype=cam.dtype, device=cam.device)
     origin = torch.tensor(np.stack([b[:2] for b in boxes]), dtype=cam.dtype, device=cam.device)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from densemesh import camera, render
+from densemesh.facemodel import vertex_normals
 
 
 def test_euler_round_trip_and_meaning():
@@ -85,6 +86,31 @@ def test_vertices_project_where_the_rasteriser_draws_them(face_model, posed):
     x = face_model.mean[:, 0]
     assert vis[(x < -5)].float().mean() > vis[(x > 5)].float().mean() + 0.3
     assert vis[face_model.ibug68[30]]  # nose tip
+
+
+def test_ray_visibility_is_the_fine_z_buffer_limit(face_model, posed):
+    """The CPU's ray per vertex agrees with the z-buffer test, and more so the finer the raster
+    (the z-buffer's pixel-sized depth steps hide sloped skin that the exact test keeps)."""
+    cam, f, c, size = posed
+    rays = render.visibility(cam, face_model.faces, f, c, size, backend="open3d")[0]
+    disagree = []
+    for k in (1, 4):
+        zbuf = render.visibility(cam, face_model.faces, f * k, c * k, (size[0] * k, size[1] * k), backend="pytorch3d")[0]
+        disagree.append((rays != zbuf).float().mean().item())
+        assert (zbuf & ~rays).float().mean() < 0.01  # what the z-buffer sees, a ray sees
+    assert disagree[1] < 0.5 * disagree[0] and disagree[1] < 0.05, disagree
+    assert 0.3 < rays.float().mean() < 0.9
+
+
+def test_vertex_normals_sum_the_adjacent_face_normals(face_model, posed):
+    cam = posed[0]
+    tri = cam[:, face_model.faces]
+    face_n = torch.cross(tri[:, :, 1] - tri[:, :, 0], tri[:, :, 2] - tri[:, :, 0], dim=-1)
+    summed = torch.zeros_like(cam)
+    for corner in range(3):
+        summed = summed.index_add(1, face_model.faces[:, corner], face_n)
+    expected = summed / summed.norm(dim=-1, keepdim=True)
+    assert torch.allclose(vertex_normals(cam, face_model.faces), expected, atol=1e-5)
 
 
 def test_sh_shading_is_lambertian_in_band_one():
