@@ -231,6 +231,9 @@ class MediaPipeDetector:
     #: 45 photos and video frames, lower values let texture through (the astronaut's suit)
     TILE_BOX_CONFIDENCE, TILE_BOX_LOOK = 0.5, 0.8
     SCORE_CROP = 256  # px: the verification crop, 2.5 face sizes wide
+    #: a tile gets the landmarker where the face detector scores a face at least this share of
+    #: ``min_confidence`` (the landmarker's own detection threshold; a margin for rounding)
+    TILE_LANDMARKER_GATE = 0.8
 
     def __init__(self, max_faces: int = 8, search: str = "thorough", mode: str = "image",
                  min_confidence: float = 0.5, tile_confidence: float = 0.65,
@@ -242,7 +245,7 @@ class MediaPipeDetector:
             raise ValueError("max_faces must be at least 1")
         from mediapipe.tasks.python import BaseOptions, vision
 
-        self.max_faces, self.search, self.mode = max_faces, search, mode
+        self.max_faces, self.search, self.mode, self.min_confidence = max_faces, search, mode, min_confidence
         self.tile_confidence = tile_confidence
         self.boxes_without_landmarks, self.box_confidence = boxes_without_landmarks, box_confidence
         self.candidate_confidence = candidate_confidence
@@ -303,15 +306,17 @@ class MediaPipeDetector:
             return sorted(found, key=lambda d: -d.size)[: self.max_faces]
         for det in found:
             det.score = self.score(image, det.box)
+        tile_finds = {}
         if self.search == "thorough":  # a tile's find on a found face's head is a part of it (hair, an ear)
-            for det in self._tiles(image):
+            tiled, tile_finds = self._tiles(image)
+            for det in tiled:
                 if not any(same_face(det.box, head_box(k.box)) for k in found):
                     det.score = self.score(image, det.box)
                     if det.score >= self.tile_confidence:
                         found.append(det)
         if self.boxes_without_landmarks:
             heads = [head_box(k.box) for k in found]
-            boxes = self.boxes(image, heads)
+            boxes = self.boxes(image, heads, tile_finds)
             if not found and self.side_view is not None:  # profiles: the side-view detector frames them
                 views = [Detection(box, None, score=self.score(image, box)) for box, _ in self.side_view.detect(image)]
                 boxes = views + [b for b in boxes if not any(same_face(b.box, v.box) for v in views)]
@@ -320,14 +325,14 @@ class MediaPipeDetector:
         found.sort(key=lambda d: -d.size)
         return found[: self.max_faces]
 
-    def _detector_boxes(self, image: np.ndarray) -> list[tuple[np.ndarray, float]]:
+    def _detector_boxes(self, image: np.ndarray, flips: tuple[bool, ...] = (False, True)) -> list[tuple[np.ndarray, float]]:
         """The face detector's (box x0, y0, x1, y1 px, score) finds in ``image`` and, mirrored
-        back, in its mirror image, scoring at least ``candidate_confidence``."""
+        back, in its mirror image (``flips``), scoring at least ``candidate_confidence``."""
         import mediapipe as mp
 
         w = image.shape[1]
         out = []
-        for flip in (False, True):
+        for flip in flips:
             view = np.ascontiguousarray(image[:, ::-1] if flip else image)
             with quiet_native_logs():
                 result = self._scorer.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=view))
@@ -341,21 +346,24 @@ class MediaPipeDetector:
                 out.append((np.array([x0, b.origin_y, x1, b.origin_y + b.height], float), d.categories[0].score))
         return out
 
-    def boxes(self, image: np.ndarray, known: list[np.ndarray] = ()) -> list[Detection]:
+    def boxes(self, image: np.ndarray, known: list[np.ndarray] = (), tile_finds: dict | None = None) -> list[Detection]:
         """Faces the face detector finds where the landmarker gives up, as landmark-free
         detections, one per face. Candidates (not the same face as a ``known`` box; the best of
         overlapping ones) are looked at again in a re-centred crop and its mirror image
         (:meth:`look`), which also frames them; kept when that look scores ``box_confidence``
         (a whole-image candidate) or ``TILE_BOX_LOOK`` (a tile's, in "thorough" mode, which must
         also score ``TILE_BOX_CONFIDENCE`` itself: tiles of texture fool the detector). Box
-        mapped onto the landmark extent (BOX_TO_LANDMARK_EXTENT), score the look's."""
+        mapped onto the landmark extent (BOX_TO_LANDMARK_EXTENT), score the look's. tile_finds:
+        the un-mirrored detector finds per tile when :meth:`_tiles` already has them."""
         h, w = image.shape[:2]
         raw = [(b, sc, self.box_confidence) for b, sc in self._detector_boxes(image)]
         if self.search == "thorough":
             for x, y, side in self._tile_grid(h, w):
+                tile = image[y:y + side, x:x + side]
+                finds = (tile_finds or {}).get((x, y, side))
+                finds = self._detector_boxes(tile, (False,)) if finds is None else finds
                 raw += [(b + (x, y, x, y), sc, self.TILE_BOX_LOOK)
-                        for b, sc in self._detector_boxes(image[y:y + side, x:x + side])
-                        if sc >= self.TILE_BOX_CONFIDENCE]
+                        for b, sc in finds + self._detector_boxes(tile, (True,)) if sc >= self.TILE_BOX_CONFIDENCE]
         candidates = []  # [box, the look it needs]: the best-scored of a face's, the mildest need
         for box, sc, need in sorted(raw, key=lambda r: -r[1]):
             if any(same_face(box, k) for k in known):
@@ -413,14 +421,21 @@ class MediaPipeDetector:
                      for x in sorted({*range(0, w - side + 1, step), w - side})]
         return grid
 
-    def _tiles(self, image: np.ndarray) -> list[Detection]:
+    def _tiles(self, image: np.ndarray) -> tuple[list[Detection], dict]:
         """The landmarker's finds in the tiles of :meth:`_tile_grid` (faces cut by a tile's edge
-        left to the tile that holds them whole)."""
+        left to the tile that holds them whole), and the face detector's finds per tile
+        ({(x, y, side): [(box, score)]}, tile px). The landmarker runs the same face detector
+        first, so it only runs on tiles where that finds a face near its own threshold
+        (TILE_LANDMARKER_GATE): most tiles hold none."""
         h, w = image.shape[:2]
-        found = []
+        found, finds = [], {}
         for x, y, side in self._tile_grid(h, w):
+            tile = image[y:y + side, x:x + side]
+            finds[x, y, side] = self._detector_boxes(tile, (False,))
+            if not any(sc >= self.TILE_LANDMARKER_GATE * self.min_confidence for _, sc in finds[x, y, side]):
+                continue
             margin = 0.01 * side
-            for det in self._run(image[y:y + side, x:x + side], None):
+            for det in self._run(tile, None):
                 b = det.box
                 cut = ((b[0] < margin and x > 0) or (b[1] < margin and y > 0)
                        or (b[2] > side - 1 - margin and x + side < w)
@@ -430,7 +445,7 @@ class MediaPipeDetector:
                 det.landmarks[:, :2] += (x, y)
                 det.box = det.box + (x, y, x, y)
                 found.append(det)
-        return found
+        return found, finds
 
 
 class VideoFaceFinder:
