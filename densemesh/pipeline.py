@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -112,23 +111,32 @@ class Reconstructor:
         images: the image of each detection (a photo repeats its image; a video batch mixes
         frames of one size); identities (B, 100): fixed identities (a video track's), else solved;
         focal: px, else chosen from the faces; start: a previous frame's fit of the same faces to
-        start from (fewer iterations); photo: a photo's extra care, which a video does not take:
+        start from (fewer iterations; it also stands in for the network when MediaPipe's points are
+        judged and weighted, so the network runs only where they are rejected); photo: a photo's extra care, which a video does not take:
         the fit averaged with the network's answer (:func:`densemesh.trust.blend`; in a video the
         network's frame-to-frame noise would add jitter) and rejected faces re-framed
-        (:meth:`reframe_rejected`, ~0.3 s a face; their entries in ``detections`` are replaced).
+        (:func:`densemesh.trust.reframe_rejected`, ~0.3 s a face; their entries in ``detections``
+        are replaced).
         """
         dev = self.device
         timings = {}
         state = None
         if self.regressor is not None:
             t0 = time.perf_counter()
-            state = self.regressor.state(images, np.stack([d.box for d in detections]), focal,
-                                         self.fitter.config.camera_distance_cm)
+            state = start if start is not None else self.regressor.state(
+                images, np.stack([d.box for d in detections]), focal, self.fitter.config.camera_distance_cm)
             focal = float(state.focal[0])
-            if photo:
-                state = self.reframe_rejected(images, detections, state)
+            side_view = getattr(self.detector, "side_view", None)
+            if photo and side_view is not None:
+                state = trust.reframe_rejected(side_view, self.regressor, images, detections, state,
+                                               self.fitter.config.camera_distance_cm)
             timings["regress_s"] = time.perf_counter() - t0
         fitted = torch.tensor(self.trusted(detections, state), device=dev) & self.use_fit
+        redo = (~fitted).nonzero()[:, 0].tolist() if start is not None and self.regressor is not None else []
+        if redo:  # tracking: the network answers where MediaPipe's points are rejected
+            state = state.with_rows(redo, self.regressor.state(
+                [images[i] for i in redo], np.stack([detections[i].box for i in redo]), focal,
+                self.fitter.config.camera_distance_cm))
         rows = fitted.nonzero()[:, 0].tolist()
         if rows:
             begin = start if start is not None else state
@@ -150,25 +158,6 @@ class Reconstructor:
         return state, timings
 
     trusted = staticmethod(trust.trusted)  # per face: MediaPipe's landmarks decide (else the network)
-
-    def reframe_rejected(self, images, detections: list[Detection], state: FitState) -> FitState:
-        """Where the network rejects MediaPipe's landmarks (:meth:`trusted`) they may sit on hair or
-        an ear: the detector's side-view detector looks round the face, and the network answers
-        again on the box it finds. Those entries of ``detections`` get the new box (MediaPipe's
-        landmarks stay, to be judged again); returns the network's state with those faces redone."""
-        side_view = getattr(self.detector, "side_view", None)
-        if side_view is None:
-            return state
-        ok = self.trusted(detections, state)
-        found = {i: side_view.near(images[i], d.box) for i, d in enumerate(detections) if d.landmarks is not None and not ok[i]}
-        rows = [i for i, box in found.items() if box is not None]
-        if not rows:
-            return state
-        for i in rows:
-            detections[i] = replace(detections[i], box=found[i])
-        again = self.regressor.state([images[i] for i in rows], np.stack([found[i] for i in rows]),
-                                     float(state.focal[0]), self.fitter.config.camera_distance_cm)
-        return state.with_rows(rows, again)
 
     def reconstruct_detections(self, images: list[np.ndarray], detections: list[Detection],
                                refine: str | None = None, identities: torch.Tensor | None = None,

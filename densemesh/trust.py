@@ -1,7 +1,10 @@
 """Per face and per point, what decides the mesh: where MediaPipe's face is plausible, the fit to
 its landmarks (points weighted by visibility under the network's pose) averaged with the
-network's answer; the network alone elsewhere (profiles; faces MediaPipe turns the wrong way)."""
+network's answer; the network alone elsewhere (profiles; faces MediaPipe turns the wrong way),
+on a box the side-view detector finds where MediaPipe's landmarks are rejected."""
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -71,3 +74,22 @@ def blend(fitted: FitState, net: FitState, identity: bool = True) -> FitState:
     lo, hi = ROTATION_AGREEMENT
     share = MEDIAPIPE_SHARE + (1.0 - MEDIAPIPE_SHARE) * ((angle - lo) / (hi - lo)).clamp(0.0, 1.0)
     return fitted.blend(net, share, identity)
+
+
+def reframe_rejected(side_view, regressor, images: list[np.ndarray], detections: list[Detection],
+                     net: FitState, camera_distance_cm: float) -> FitState:
+    """Where the network's answer ``net`` rejects MediaPipe's landmarks (:func:`trusted`) they may
+    sit on hair or an ear: ``side_view`` (:class:`densemesh.detect.DlibFaceDetector`) looks round
+    the face, and ``regressor`` answers again on the box it finds. Those entries of
+    ``detections`` get the new box (MediaPipe's landmarks stay, to be judged again); returns
+    ``net`` with those faces redone (at its focal)."""
+    ok = trusted(detections, net)
+    found = {i: side_view.near(images[i], d.box) for i, d in enumerate(detections) if d.landmarks is not None and not ok[i]}
+    rows = [i for i, box in found.items() if box is not None]
+    if not rows:
+        return net
+    for i in rows:
+        detections[i] = replace(detections[i], box=found[i])
+    again = regressor.state([images[i] for i in rows], np.stack([found[i] for i in rows]), float(net.focal[0]),
+                            camera_distance_cm)
+    return net.with_rows(rows, again)
