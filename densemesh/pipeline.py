@@ -112,8 +112,8 @@ class Reconstructor:
         frames of one size); identities (B, 100): fixed identities (a video track's), else solved;
         focal: px, else chosen from the faces; start: a previous frame's fit of the same faces to
         start from (fewer iterations; it also stands in for the network when MediaPipe's points are
-        judged and weighted, so the network runs only where they are rejected); photo: a photo's extra care, which a video does not take:
-        the fit averaged with the network's answer (:func:`densemesh.trust.blend`; in a video the
+        judged and weighted, so the network runs only where they are rejected); photo: a photo's
+        extra care, which a video does not take: the fit averaged with the network's answer (:func:`densemesh.trust.blend`; in a video the
         network's frame-to-frame noise would add jitter) and rejected faces re-framed
         (:func:`densemesh.trust.reframe_rejected`, ~0.3 s a face; their entries in ``detections``
         are replaced).
@@ -130,13 +130,14 @@ class Reconstructor:
             if photo and side_view is not None:
                 state = trust.reframe_rejected(side_view, self.regressor, images, detections, state,
                                                self.fitter.config.camera_distance_cm)
-            timings["regress_s"] = time.perf_counter() - t0
         fitted = torch.tensor(self.trusted(detections, state), device=dev) & self.use_fit
         redo = (~fitted).nonzero()[:, 0].tolist() if start is not None and self.regressor is not None else []
         if redo:  # tracking: the network answers where MediaPipe's points are rejected
             state = state.with_rows(redo, self.regressor.state(
                 [images[i] for i in redo], np.stack([detections[i].box for i in redo]), focal,
                 self.fitter.config.camera_distance_cm))
+        if self.regressor is not None:
+            timings["regress_s"] = time.perf_counter() - t0
         rows = fitted.nonzero()[:, 0].tolist()
         if rows:
             begin = start if start is not None else state
