@@ -308,7 +308,7 @@ class MediaPipeDetector:
             det.score = self.score(image, det.box)
         tile_finds = {}
         if self.search == "thorough":  # a tile's find on a found face's head is a part of it (hair, an ear)
-            tiled, tile_finds = self._tiles(image)
+            tiled, tile_finds = self._tiles(image, [head_box(k.box) for k in found])
             for det in tiled:
                 if not any(same_face(det.box, head_box(k.box)) for k in found):
                     det.score = self.score(image, det.box)
@@ -358,7 +358,7 @@ class MediaPipeDetector:
         h, w = image.shape[:2]
         raw = [(b, sc, self.box_confidence) for b, sc in self._detector_boxes(image)]
         if self.search == "thorough":
-            for x, y, side in self._tile_grid(h, w):
+            for x, y, side in self._tile_grid(h, w, known):
                 tile = image[y:y + side, x:x + side]
                 finds = (tile_finds or {}).get((x, y, side))
                 finds = self._detector_boxes(tile, (False,)) if finds is None else finds
@@ -409,9 +409,11 @@ class MediaPipeDetector:
                     best = (corners.reshape(4), float(d.categories[0].score))
         return best
 
-    def _tile_grid(self, h: int, w: int) -> list[tuple[int, int, int]]:
+    def _tile_grid(self, h: int, w: int, known: list[np.ndarray] = ()) -> list[tuple[int, int, int]]:
         """(x, y, side) of overlapping square tiles of 1/2 and 1/4 of the shorter side (stride
-        half a tile): a face up to half a tile wide lies whole in at least one tile."""
+        half a tile): a face up to half a tile wide lies whole in at least one tile. Tiles that
+        lie whole in a ``known`` box (x0, y0, x1, y1: a found face's head) are left out: they
+        see parts of that face."""
         grid = []
         for side in (min(h, w) // 2, min(h, w) // 4):
             if side < self.MIN_TILE:
@@ -419,17 +421,18 @@ class MediaPipeDetector:
             step = side // 2
             grid += [(x, y, side) for y in sorted({*range(0, h - side + 1, step), h - side})
                      for x in sorted({*range(0, w - side + 1, step), w - side})]
-        return grid
+        return [(x, y, side) for x, y, side in grid
+                if not any(k[0] <= x and k[1] <= y and x + side <= k[2] and y + side <= k[3] for k in known)]
 
-    def _tiles(self, image: np.ndarray) -> tuple[list[Detection], dict]:
-        """The landmarker's finds in the tiles of :meth:`_tile_grid` (faces cut by a tile's edge
-        left to the tile that holds them whole), and the face detector's finds per tile
+    def _tiles(self, image: np.ndarray, known: list[np.ndarray] = ()) -> tuple[list[Detection], dict]:
+        """The landmarker's finds in the tiles of :meth:`_tile_grid` (outside ``known``; faces
+        cut by a tile's edge left to the tile that holds them whole), and the face detector's finds per tile
         ({(x, y, side): [(box, score)]}, tile px). The landmarker runs the same face detector
         first, so it only runs on tiles where that finds a face near its own threshold
         (TILE_LANDMARKER_GATE): most tiles hold none."""
         h, w = image.shape[:2]
         found, finds = [], {}
-        for x, y, side in self._tile_grid(h, w):
+        for x, y, side in self._tile_grid(h, w, known):
             tile = image[y:y + side, x:x + side]
             finds[x, y, side] = self._detector_boxes(tile, (False,))
             if not any(sc >= self.TILE_LANDMARKER_GATE * self.min_confidence for _, sc in finds[x, y, side]):
@@ -452,10 +455,11 @@ class VideoFaceFinder:
     """Faces in a frame stream: what the photo path finds, kept from frame to frame.
 
     Every frame: MediaPipe's landmarker in video mode (its own tracking) over the whole frame.
-    Every ``search_every`` frames (the detection frames, the first included): the photo search
+    Once every ``search_every_s`` seconds of video (the first frame included): the photo search
     (image mode, ``search="thorough"``: tiles for small faces, face-detector boxes for profiles
-    when ``boxes_without_landmarks``). A face the search finds and the video landmarker does not
-    becomes a region of interest that is followed on the frames in between: the landmarker in
+    when ``boxes_without_landmarks``; 0.3-0.4 s a 720p frame on one core, so once a second, not
+    every frame). A face the search finds and the video landmarker does not becomes a region
+    of interest that is followed on the frames in between: the landmarker in
     image mode on a crop round its last box, else the face detector there (box only); it ends
     when neither finds it. Every face is reported once (:func:`suppress_duplicates`).
     ``detect`` runs on one thread (the caller's detection thread), ``score`` may run on another.
@@ -464,12 +468,12 @@ class VideoFaceFinder:
     ROI_ENLARGE = 2.0   # crop side, in landmark-extent box sides, round a followed face
     ROI_MIN_SIDE = 192  # px: a small face's crop is upscaled to this (the landmarker's comfort)
 
-    def __init__(self, max_faces: int = 8, search_every: int = 15, boxes_without_landmarks: bool = False):
-        self.max_faces, self.search_every = max_faces, search_every
+    def __init__(self, max_faces: int = 8, search_every_s: float = 1.0, boxes_without_landmarks: bool = False):
+        self.max_faces, self.search_every_s = max_faces, search_every_s
         self.video = MediaPipeDetector(max_faces=max_faces, search="fast", mode="video")
         self.photo = MediaPipeDetector(max_faces=max_faces, search="thorough", mode="image",
                                        boxes_without_landmarks=boxes_without_landmarks)
-        self._frames = 0
+        self._last_search_ms: int | None = None
         self._rois: list[Detection] = []
 
     def close(self) -> None:
@@ -486,17 +490,17 @@ class VideoFaceFinder:
         """See :meth:`MediaPipeDetector.score` (the video detector's scorer: thread of its own)."""
         return self.video.score(image, box)
 
-    def detect(self, image: np.ndarray, timestamp_ms: int | None = None) -> list[Detection]:
-        """(H, W, 3) uint8 RGB frame -> detections, largest first."""
+    def detect(self, image: np.ndarray, timestamp_ms: int) -> list[Detection]:
+        """(H, W, 3) uint8 RGB frame at ``timestamp_ms`` (increasing) -> detections, largest first."""
         found = self.video.detect(image, timestamp_ms)
         heads = [head_box(k.box) for k in found]
-        if self._frames % self.search_every == 0:
+        if self._last_search_ms is None or timestamp_ms - self._last_search_ms >= 1000 * self.search_every_s:
+            self._last_search_ms = timestamp_ms
             rois = self.photo.detect(image)
         else:
             rois = [d for d in (self._follow(image, r) for r in self._rois) if d is not None]
         rois = [d for d in rois if not any(same_face(d.box, h if d.landmarks is None else k.box)
                                            for h, k in zip(heads, found))]
-        self._frames += 1
         self._rois = suppress_duplicates(rois)
         found = suppress_duplicates([*found, *self._rois])
         found.sort(key=lambda d: -d.size)

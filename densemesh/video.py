@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -208,6 +210,7 @@ class VideoReconstructor:
     """Runs a :class:`densemesh.pipeline.Reconstructor`'s model and fitter over a video."""
 
     CHECKPOINT_EVERY = 50  # frames between flushed, resumable states
+    QUEUED = 8             # most frames waiting for the output thread (memory stays flat)
 
     def __init__(self, reconstructor, options: VideoOptions | None = None, max_faces: int = 8):
         self.rec = reconstructor
@@ -218,7 +221,14 @@ class VideoReconstructor:
     def run(self, path: str | Path, out: str | Path, resume: bool = False, progress=None) -> dict:
         """Reconstruct every frame of ``path`` into ``out``; returns the summary (also written to
         ``out/summary.json``). KeyboardInterrupt leaves every finished frame valid and a
-        summary that says where the run stopped (``resume=True`` continues from there)."""
+        summary that says where the run stopped (``resume=True`` continues from there). An
+        output thread describes fitted faces (visibility, colours) and writes the files,
+        overlapping with the next frames' fits."""
+        with ThreadPoolExecutor(1, thread_name_prefix="densemesh-output") as self._output:
+            self._queued: deque[Future] = deque()
+            return self._run(path, out, resume, progress)
+
+    def _run(self, path: str | Path, out: str | Path, resume: bool, progress) -> dict:
         out = Path(out)
         reader = VideoReader(path)
         state = self._load_checkpoint(out) if resume else None
@@ -238,7 +248,7 @@ class VideoReconstructor:
             if self.options.overlay else None
         t0 = time.perf_counter()
         frames_done = start
-        timings = {"detect_s": 0.0, "fit_s": 0.0}
+        timings = self.timings = {"detect_s": 0.0, "fit_s": 0.0, "output_s": 0.0}
         interrupted = False
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # the second core runs the decoder and MediaPipe (see _detected_frames)
@@ -249,7 +259,7 @@ class VideoReconstructor:
                 for frame, detections, detect_s in frames:
                     t2 = time.perf_counter()
                     if self.overlay is not None:
-                        self.overlay.queue(frame)
+                        self._background(self.overlay.queue, frame)
                     self._process(frame, detections, out, detector)
                     timings["detect_s"] += detect_s
                     timings["fit_s"] += time.perf_counter() - t2
@@ -257,7 +267,7 @@ class VideoReconstructor:
                     if self.overlay is not None:  # frames no track and no refinement batch holds back
                         held = [t.pending[0][0].index for t in self.tracks if t.pending]
                         held += [f.index for f, *_ in self._ready]
-                        self.overlay.write_until(min(held, default=frames_done))
+                        self._background(self.overlay.write_until, min(held, default=frames_done))
                     if progress is not None:
                         progress(frame.index, reader.frame_count)
                     if frames_done % self.CHECKPOINT_EVERY == 0 and not self._ready and \
@@ -271,6 +281,7 @@ class VideoReconstructor:
         for track in self.tracks:  # finish tracks still waiting for their identity lock
             self._lock_and_flush(track)
         self._drain()
+        self._wait_background()
         if self.overlay is not None:
             self.overlay.close()
         reader.close()
@@ -411,16 +422,35 @@ class VideoReconstructor:
             if track.smoother is not None:
                 rot, trans, expr = _from_pose_vector(track.smoother(_pose_vector(state, i), frame.time))
                 state.rotation[i], state.translation[i], state.expression[i] = rot, trans, expr
-            result = self.rec.reconstruct_detections([frame.image], [det], state=state.select(i))[0]
-            track.writer.write(frame.index, frame.time, result)
-            if self.overlay is not None:
-                self.overlay.draw(frame.index, [result])
+            self._background(self._describe_and_write, frame, track, det, state.select(i))
+
+    def _describe_and_write(self, frame: Frame, track: Track, det: Detection, state: FitState) -> None:
+        """(output thread) One fitted face -> FaceResult -> the track's files and the overlay."""
+        t0 = time.perf_counter()
+        result = self.rec.reconstruct_detections([frame.image], [det], state=state)[0]
+        track.writer.write(frame.index, frame.time, result)
+        if self.overlay is not None:
+            self.overlay.draw(frame.index, [result])
+        self.timings["output_s"] += time.perf_counter() - t0
+
+    def _background(self, fn, *args) -> None:
+        """Queue ``fn(*args)`` on the output thread (in order; at most QUEUED waiting); its errors
+        are raised here."""
+        self._queued.append(self._output.submit(fn, *args))
+        while len(self._queued) > self.QUEUED or (self._queued and self._queued[0].done()):
+            self._queued.popleft().result()
+
+    def _wait_background(self) -> None:
+        while self._queued:
+            self._queued.popleft().result()
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint(self, out: Path, summary: dict, next_frame: int, stage: str) -> None:
-        """Write summary.json with what a resumed run needs. stage "running": files flushed;
-        "interrupted": also landmarks.npz and animation.glb of the frames so far, the streams
-        kept for --resume; "done": every track finished for good."""
+        """Write summary.json with what a resumed run needs (after every queued frame is
+        written). stage "running": files flushed; "interrupted": also landmarks.npz and
+        animation.glb of the frames so far, the streams kept for --resume; "done": every track
+        finished for good."""
+        self._wait_background()
         tracks = []
         for t in self.tracks:
             if stage == "running" or not t.locked:
@@ -461,9 +491,10 @@ class VideoReconstructor:
 
 
 
-def _detected_frames(reader: VideoReader, detector: VideoFaceFinder, start: int, lookahead: int = 4):
+def _detected_frames(reader: VideoReader, detector: VideoFaceFinder, start: int, lookahead: int = 16):
     """Yield (frame, detections, detect seconds) while a background thread decodes and runs
-    MediaPipe up to ``lookahead`` frames ahead, overlapping with the fitting in this thread.
+    MediaPipe up to ``lookahead`` frames ahead, overlapping with the fitting in this thread (enough
+    frames to keep the fitting busy through a search frame's 0.3-0.4 s, see VideoFaceFinder).
     Closing the generator stops the thread; its errors are raised here."""
     import queue
     import threading
