@@ -11,6 +11,8 @@ _LAZY = {
     "FaceModel": "densemesh.facemodel",
     "FaceResult": "densemesh.result",
     "Reconstructor": "densemesh.pipeline",
+    "Comparer": "densemesh.identity",
+    "compare": "densemesh.identity",
     "reconstruct": "densemesh.pipeline",
 }
 

@@ -79,6 +79,21 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--resume", action="store_true",
                      help="videos: continue an interrupted run in --out from where it stopped")
 
+    cmp = sub.add_parser("compare", help="1:1: is the face in photo A the person in photo B?",
+                         description="Prints the cosine similarity of the two faces' identity vectors and "
+                                     "whether it reaches the same-person threshold (exit 0 either way; "
+                                     "exit 2 when a photo has no face or its face is below --min-quality).")
+    cmp.add_argument("a", type=Path, help="first photo")
+    cmp.add_argument("b", type=Path, help="second photo")
+    cmp.add_argument("--face-a", type=int, default=1, metavar="N", help="which face of A, largest first (default 1)")
+    cmp.add_argument("--face-b", type=int, default=1, metavar="N", help="which face of B, largest first (default 1)")
+    cmp.add_argument("--threshold", type=float, default=None, metavar="T",
+                     help="same-person threshold on the cosine similarity (default: the calibrated one)")
+    cmp.add_argument("--min-quality", type=float, default=None, metavar="Q",
+                     help="refuse faces whose quality score in [0, 1] is below Q (default 0.2)")
+    cmp.add_argument("--json", action="store_true", help='print {"similarity", "same", "threshold"} as JSON')
+    cmp.add_argument("--device", default="auto", help="auto (GPU if there is one), cpu or cuda")
+
     model = sub.add_parser("model", help="inspect or export the face model")
     msub = model.add_subparsers(dest="model_command", metavar="ACTION", parser_class=_Parser)
     info = msub.add_parser("info", help="vertex/triangle counts, expression names, licence")
@@ -134,6 +149,33 @@ def cmd_model_export(args) -> int:
         vertices = model.decode(identity, model.expression_vector(dict(pairs)))[0]
     for path in write_mesh(args.out, vertices.numpy(), model):
         print(path)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    import json
+
+    from densemesh import identity
+    from densemesh.image import ImageError
+
+    for path in (args.a, args.b):
+        if not path.is_file():
+            raise UsageError(f"photo not found: {path}")
+    if args.face_a < 1 or args.face_b < 1:
+        raise UsageError("--face-a / --face-b count from 1")
+    threshold = identity.SAME_PERSON_THRESHOLD if args.threshold is None else args.threshold
+    min_quality = identity.MIN_QUALITY if args.min_quality is None else args.min_quality
+    try:
+        with identity.Comparer(threshold, min_quality, device=args.device) as comparer:
+            result = comparer.compare(args.a, args.b, args.face_a - 1, args.face_b - 1)
+    except (identity.NoFaceError, identity.FaceQualityError, ImageError) as err:
+        raise UsageError(str(err)) from None
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        verdict = "same person" if result.same else "different people"
+        print(f"{verdict}: similarity {result.similarity:.3f} {'>=' if result.same else '<'} "
+              f"threshold {result.threshold:.3f}")
     return 0
 
 
@@ -294,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.model_command is None:
                 raise UsageError("model needs an action: info or export (see 'densemesh model --help')")
             return {"info": cmd_model_info, "export": cmd_model_export}[args.model_command](args)
+        if args.command == "compare":
+            return cmd_compare(args)
         return cmd_reconstruct(args)
     except UsageError as err:
         print(f"densemesh: error: {err}", file=sys.stderr)

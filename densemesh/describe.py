@@ -1,6 +1,6 @@
 """Fitted parameters -> :class:`~densemesh.result.FaceResult`: the one place where photos and video
 frames turn a :class:`~densemesh.fit.FitState` into results (vertices in every space,
-visibility, both 68-point conventions, fit error, colours, texture)."""
+visibility, both 68-point conventions, fit error, quality, colours, texture)."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,6 +11,7 @@ from densemesh.crop import square_box
 from densemesh.detect import Detection
 from densemesh.facemodel import FaceModel, vertex_facing
 from densemesh.fit import FitState
+from densemesh.quality import face_quality
 from densemesh.result import FaceResult, Pose
 
 #: z-buffer resolution (px, square crop round each face) for per-vertex visibility on a GPU (the
@@ -37,15 +38,17 @@ def describe(model: FaceModel, images: list[np.ndarray], detections: list[Detect
     for i, det in enumerate(detections):
         pose = Pose(*(float(a) for a in euler[i]), state.rotation[i].cpu().numpy(),
                     state.translation[i].cpu().numpy(), float(state.focal[i]), state.principal[i].cpu().numpy())
+        lm68 = uv[rows, ids68][i].cpu().numpy()
+        quality = face_quality(images[i], lm68, pose.yaw, pose.pitch, float(visible[i].float().mean()), float(error[i]))
         result = FaceResult(
             vertices=vertices[i].cpu().numpy(), vertices_camera=cam[i].cpu().numpy(),
             vertices_2d=uv[i].cpu().numpy(), visibility=visible[i].cpu().numpy(),
-            landmarks68_2d=uv[rows, ids68][i].cpu().numpy(), landmarks68_3d=cam[rows, ids68][i].cpu().numpy(),
+            landmarks68_2d=lm68, landmarks68_3d=cam[rows, ids68][i].cpu().numpy(),
             landmarks68_projected=uv[i, model.ibug68].cpu().numpy(),
             pose=pose, identity=state.identity[i].cpu().numpy(), expression=state.expression[i].cpu().numpy(),
             expression_names=list(model.expression_names), box=det.box.copy(),
             score=det.score, fit_error=float(error[i]), colors=vertex_colors(images[i], uv[i], visible[i]),
-            image_size=tuple(images[i].shape[:2]), source="mediapipe" if fitted[i] else "regressor")
+            image_size=tuple(images[i].shape[:2]), quality=quality, source="mediapipe" if fitted[i] else "regressor")
         if texture:
             result.texture = render.bake_texture(images[i], uv[i].cpu(), visible[i].cpu(), model.faces.cpu(),
                                                  model.uvs.cpu(), model.face_uvs.cpu())

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from densemesh.quality import Quality
+
 
 @dataclass
 class Pose:
@@ -48,7 +50,8 @@ class FaceResult:
     colour); texture (H, W, 3) uint8 UV texture or None; source: what decided the mesh
     ("mediapipe": fitted to MediaPipe's landmarks, the points hidden under the network's pose
     left out; "regressor": the network alone - a face MediaPipe boxes but cannot landmark, or one
-    whose MediaPipe landmarks the pipeline does not trust at that pose); refine: refinement level used; image_size (H, W).
+    whose MediaPipe landmarks the pipeline does not trust at that pose); refine: refinement level used; image_size (H, W);
+    quality: how far the face can be trusted for recognition (:class:`densemesh.quality.Quality`).
     """
 
     vertices: np.ndarray
@@ -67,6 +70,7 @@ class FaceResult:
     fit_error: float
     colors: np.ndarray
     image_size: tuple[int, int]
+    quality: Quality | None = None
     source: str = "mediapipe"
     refine: str = "none"
     texture: np.ndarray | None = None
@@ -82,6 +86,7 @@ class FaceResult:
         return {"box": self.box.tolist(), "score": self.score, "fit_error": self.fit_error,
                 "source": self.source, "refine": self.refine,
                 "pose": self.pose.to_dict(), "visible_vertices": int(self.visibility.sum()),
+                "quality": None if self.quality is None else self.quality.to_dict(),
                 "num_vertices": int(len(self.vertices))}
 
     def arrays(self) -> dict[str, np.ndarray]:

@@ -2,7 +2,7 @@
 """Speed and memory benchmarks (printed numbers; the targets of DESIGN.md are checked here, not
 in unit tests).
 
-    python tools/bench.py [--only image,regressor,video,memory]
+    python tools/bench.py [--only image,regressor,video,memory,identity]
 
 image     - per-stage CPU time per face of the photo pipeline (detection, regression, landmark
             fit, description: visibility, 68 points, colours), and refine fast / full, on the
@@ -10,7 +10,9 @@ image     - per-stage CPU time per face of the photo pipeline (detection, regres
 regressor - the network on one face crop: ONNX Runtime (1 thread) and PyTorch, batch 1 and 64;
 video     - frames/s of the video pipeline (no refinement) on a talking-head clip resized to
             480p and 720p, with and without per-frame OBJ files;
-memory    - peak resident memory for the same clip looped to 300 and to 1,200 frames.
+memory    - peak resident memory for the same clip looped to 300 and to 1,200 frames;
+identity  - identity vectors per second (dlib's ResNet on a chip from the 68 landmarks) and a
+            whole 1:1 comparison of two photos (reconstruction included), models loaded.
 Run on an otherwise idle machine; the numbers are wall-clock.
 """
 from __future__ import annotations
@@ -162,12 +164,29 @@ def bench_memory() -> None:
             print(f"  {frames:>5s} frames: peak RSS {int(rss) / 1024:.0f} MiB")
 
 
+def bench_identity() -> None:
+    import os
+
+    from skimage import data
+
+    from densemesh.identity import Comparer
+
+    image = data.astronaut()
+    with Comparer(device="cpu") as comparer:
+        faces, _ = comparer.faces(image)
+        embed = timed(lambda: comparer.embedder.embed(image, faces[:1]), repeat=20)
+        whole = timed(lambda: comparer.compare(image, image[:, ::-1].copy()))
+    print(f"identity (astronaut, {os.cpu_count()} cores): vector {1000 * embed:.1f} ms = {1 / embed:.0f} faces/s; "
+          f"compare two photos {1000 * whole:.0f} ms")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", default="image,regressor,video,memory")
+    ap.add_argument("--only", default="image,regressor,video,memory,identity")
     args = ap.parse_args(argv)
     for part in args.only.split(","):
-        {"image": bench_image, "regressor": bench_regressor, "video": bench_video, "memory": bench_memory}[part]()
+        {"image": bench_image, "regressor": bench_regressor, "video": bench_video, "memory": bench_memory,
+         "identity": bench_identity}[part]()
     return 0
 
 
