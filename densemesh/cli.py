@@ -94,6 +94,38 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--json", action="store_true", help='print {"similarity", "same", "threshold"} as JSON')
     cmp.add_argument("--device", default="auto", help="auto (GPU if there is one), cpu or cuda")
 
+    index = sub.add_parser("index", help="face galleries for 1:N search")
+    isub = index.add_subparsers(dest="index_command", metavar="ACTION", parser_class=_Parser)
+    build = isub.add_parser("build", help="enrol every face of photos (files or folders, searched recursively)",
+                            description="Adds to the gallery in --out (created if new) every photo not enrolled "
+                                        "before as it is now; a killed build leaves the previous gallery intact.")
+    build.add_argument("inputs", type=Path, nargs="+", help="photos or folders of photos")
+    build.add_argument("--out", type=Path, required=True, help="gallery folder")
+    build.add_argument("--min-quality", type=float, default=None, metavar="Q",
+                       help="skip faces whose quality score is below Q (default 0.2)")
+    build.add_argument("--device", default="auto", help="auto (GPU if there is one), cpu or cuda")
+    search = sub.add_parser("search", help="1:N: the gallery's faces most like the face in a photo")
+    search.add_argument("query", type=Path, help="photo")
+    search.add_argument("--index", type=Path, required=True, help="gallery folder ('densemesh index build')")
+    search.add_argument("--top", type=int, default=5, metavar="K", help="most results (default 5)")
+    search.add_argument("--threshold", type=float, default=None, metavar="T",
+                        help="least similarity listed (default: the same-person threshold)")
+    search.add_argument("--face", type=int, default=1, metavar="N", help="which face of the photo, largest first")
+    search.add_argument("--min-quality", type=float, default=None, metavar="Q",
+                        help="refuse a query face whose quality score is below Q (default 0.2)")
+    search.add_argument("--json", action="store_true", help='print [{"file", "box", "similarity"}, ...] as JSON')
+    search.add_argument("--device", default="auto", help="auto (GPU if there is one), cpu or cuda")
+
+    match = sub.add_parser("match", help="M:N: every pair of faces of two galleries that are the same person",
+                           description="Writes pairs.csv: file_a, box_a, file_b, box_b, similarity (by face of A, "
+                                       "best first).")
+    match.add_argument("a", type=Path, help="gallery folder A")
+    match.add_argument("b", type=Path, help="gallery folder B")
+    match.add_argument("--out", type=Path, required=True, help="CSV file")
+    match.add_argument("--threshold", type=float, default=None, metavar="T",
+                       help="least similarity listed (default: the same-person threshold)")
+    match.add_argument("--top", type=int, default=10, metavar="K", help="most matches per face of A (default 10)")
+
     model = sub.add_parser("model", help="inspect or export the face model")
     msub = model.add_subparsers(dest="model_command", metavar="ACTION", parser_class=_Parser)
     info = msub.add_parser("info", help="vertex/triangle counts, expression names, licence")
@@ -163,10 +195,8 @@ def cmd_compare(args) -> int:
             raise UsageError(f"photo not found: {path}")
     if args.face_a < 1 or args.face_b < 1:
         raise UsageError("--face-a / --face-b count from 1")
-    threshold = identity.SAME_PERSON_THRESHOLD if args.threshold is None else args.threshold
-    min_quality = identity.MIN_QUALITY if args.min_quality is None else args.min_quality
     try:
-        with identity.Comparer(threshold, min_quality, device=args.device) as comparer:
+        with _comparer(args, args.threshold) as comparer:
             result = comparer.compare(args.a, args.b, args.face_a - 1, args.face_b - 1)
     except (identity.NoFaceError, identity.FaceQualityError, ImageError) as err:
         raise UsageError(str(err)) from None
@@ -176,6 +206,107 @@ def cmd_compare(args) -> int:
         verdict = "same person" if result.same else "different people"
         print(f"{verdict}: similarity {result.similarity:.3f} {'>=' if result.same else '<'} "
               f"threshold {result.threshold:.3f}")
+    return 0
+
+
+def _comparer(args, threshold: float | None = None):
+    from densemesh import identity
+
+    min_quality = identity.MIN_QUALITY if args.min_quality is None else args.min_quality
+    try:
+        return identity.Comparer(identity.SAME_PERSON_THRESHOLD if threshold is None else threshold, min_quality,
+                                 device=args.device)
+    except (ValueError, RuntimeError) as err:
+        raise UsageError(str(err)) from None
+
+
+def cmd_index_build(args) -> int:
+    from tqdm import tqdm
+
+    from densemesh.gallery import Gallery, GalleryError, enrol, photo_files
+
+    missing = [str(p) for p in args.inputs if not p.exists()]
+    if missing:
+        raise UsageError(f"input not found: {missing[0]}")
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out must be a folder: {args.out}")
+    photos = photo_files(args.inputs)
+    if not photos:
+        raise UsageError("no photos among the inputs")
+    try:
+        gallery = Gallery.load(args.out) if (args.out / "CURRENT").exists() else Gallery.empty()
+    except GalleryError as err:
+        raise UsageError(str(err)) from None
+    with _comparer(args) as comparer, tqdm(total=len(photos), unit="photo", disable=None) as bar:
+        stats = enrol(gallery, photos, comparer, comparer.min_quality, lambda k, n: bar.update(k - bar.n))
+        bar.update(len(photos) - bar.n)
+    gallery.save(args.out)
+    print(f"{stats['photos']} photos read ({stats['unchanged']} unchanged), {stats['faces']} faces enrolled, "
+          f"{stats['too_poor']} below quality {comparer.min_quality:.2f}, {stats['no_face']} without a face; "
+          f"gallery {args.out}: {len(gallery.faces)} faces")
+    for err in stats["unreadable"]:
+        print(f"densemesh: skipped: {err}", file=sys.stderr)
+    return 2 if stats["unreadable"] else 0
+
+
+def cmd_search(args) -> int:
+    import json
+
+    from densemesh import identity
+    from densemesh.gallery import Gallery, GalleryError
+    from densemesh.image import ImageError
+
+    if not args.query.is_file():
+        raise UsageError(f"photo not found: {args.query}")
+    if args.top < 1 or args.face < 1:
+        raise UsageError("--top and --face count from 1")
+    try:
+        gallery = Gallery.load(args.index)
+    except GalleryError as err:
+        raise UsageError(str(err)) from None
+    threshold = identity.SAME_PERSON_THRESHOLD if args.threshold is None else args.threshold
+    try:
+        with _comparer(args, threshold) as comparer:
+            _, vector = comparer.face(args.query, args.face - 1)
+    except (identity.NoFaceError, identity.FaceQualityError, ImageError) as err:
+        raise UsageError(str(err)) from None
+    hits = [{"file": gallery.faces[row]["file"], "box": gallery.faces[row]["box"], "similarity": sim}
+            for row, sim in gallery.search(vector[None], args.top, threshold)[0]]
+    if args.json:
+        print(json.dumps(hits))
+    else:
+        for hit in hits:
+            print(f"{hit['similarity']:.3f}  {hit['file']}  box {hit['box']}")
+        if not hits:
+            print(f"no face in the gallery reaches similarity {threshold:.3f}")
+    return 0
+
+
+def cmd_match(args) -> int:
+    import csv
+
+    from densemesh import identity
+    from densemesh.export import atomic_write
+    from densemesh.gallery import Gallery, GalleryError, match
+
+    if args.top < 1:
+        raise UsageError("--top counts from 1")
+    if args.out.is_dir():
+        raise UsageError(f"--out must be a file: {args.out}")
+    try:
+        a, b = Gallery.load(args.a), Gallery.load(args.b)
+    except GalleryError as err:
+        raise UsageError(str(err)) from None
+    threshold = identity.SAME_PERSON_THRESHOLD if args.threshold is None else args.threshold
+    pairs = match(a, b, threshold, args.top)
+    with atomic_write(args.out, "w") as f:
+        out = csv.writer(f)
+        out.writerow(["file_a", "box_a", "file_b", "box_b", "similarity"])
+        for i, j, sim in pairs:
+            fa, fb = a.faces[i], b.faces[j]
+            out.writerow([fa["file"], " ".join(map(str, fa["box"])), fb["file"], " ".join(map(str, fb["box"])),
+                          f"{sim:.4f}"])
+    print(f"{len(a.faces)} x {len(b.faces)} faces: {len(pairs)} pairs at similarity >= {threshold:.3f} -> {args.out}")
     return 0
 
 
@@ -336,8 +467,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.model_command is None:
                 raise UsageError("model needs an action: info or export (see 'densemesh model --help')")
             return {"info": cmd_model_info, "export": cmd_model_export}[args.model_command](args)
-        if args.command == "compare":
-            return cmd_compare(args)
+        if args.command == "index":
+            if args.index_command is None:
+                raise UsageError("index needs an action: build (see 'densemesh index --help')")
+            return cmd_index_build(args)
+        if args.command in ("compare", "search", "match"):
+            return {"compare": cmd_compare, "search": cmd_search, "match": cmd_match}[args.command](args)
         return cmd_reconstruct(args)
     except UsageError as err:
         print(f"densemesh: error: {err}", file=sys.stderr)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -79,3 +80,95 @@ def test_the_python_api_compares_arrays_and_raises_on_no_face(shared, comparer):
     assert result.same and result.threshold == densemesh.identity.SAME_PERSON_THRESHOLD
     with pytest.raises(NoFaceError, match="no face found"):
         comparer.compare(np.zeros((240, 320, 3), np.uint8), image)
+
+
+@pytest.fixture(scope="module")
+def gallery_photos(shared, tmp_path_factory):
+    """Five annotated photos in a folder tree (one in a subfolder)."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("photos")
+    (folder / "more").mkdir()
+    for name in ("lenna.png", "einstein.jpg", "breakingbad.jpg", "300w_image_0010.png"):
+        shutil.copy(shared / "faces" / "annotated" / name, folder / name)
+    shutil.copy(shared / "faces" / "misc" / "single_face.jpg", folder / "more" / "single_face.jpg")
+    return folder
+
+
+def test_search_returns_the_enrolled_photo_first_and_builds_add_incrementally(gallery_photos, tmp_path):
+    gallery = tmp_path / "gallery"
+    proc = run("index", "build", gallery_photos / "lenna.png", gallery_photos / "more", "--out", gallery, "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    assert "2 photos read" in proc.stdout
+    proc = run("index", "build", gallery_photos, "--out", gallery, "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    assert "3 photos read (2 unchanged)" in proc.stdout
+    for query in ("lenna.png", "more/single_face.jpg"):
+        proc = run("search", gallery_photos / query, "--index", gallery, "--json", "--top", "3", "--device", "cpu")
+        assert proc.returncode == 0, proc.stderr
+        hits = json.loads(proc.stdout)
+        assert hits[0]["file"] == str((gallery_photos / query).resolve()) and hits[0]["similarity"] > 0.99
+        assert all(set(h) == {"file", "box", "similarity"} for h in hits)
+        assert [h["similarity"] for h in hits] == sorted((h["similarity"] for h in hits), reverse=True)
+
+
+def test_a_build_that_dies_while_saving_leaves_the_previous_gallery(gallery_photos, tmp_path, comparer, monkeypatch):
+    from densemesh import gallery as gallery_module
+    from densemesh.gallery import Gallery, enrol, photo_files
+
+    folder = tmp_path / "gallery"
+    first = Gallery.empty()
+    enrol(first, photo_files([gallery_photos / "lenna.png"]), comparer, 0.2)
+    first.save(folder)
+    bigger = Gallery.load(folder)
+    enrol(bigger, photo_files([gallery_photos / "more"]), comparer, 0.2)
+    real_write_json = gallery_module.write_json
+
+    def dies_on_the_last_file(path, data):
+        if Path(path).name == "files.json":
+            raise KeyboardInterrupt  # as if killed between two files of the new version
+        return real_write_json(path, data)
+
+    monkeypatch.setattr(gallery_module, "write_json", dies_on_the_last_file)
+    with pytest.raises(KeyboardInterrupt):
+        bigger.save(folder)
+    monkeypatch.undo()
+    again = Gallery.load(folder)
+    assert len(again.faces) == len(first.faces) == 1 and set(again.files) == set(first.files)
+    bigger.save(folder)  # the next build succeeds and clears the dead one's leftovers
+    assert len(Gallery.load(folder).faces) == 2 and len(list(folder.glob("v*"))) == 1
+
+
+def test_search_refuses_a_damaged_or_foreign_gallery(gallery_photos, tmp_path):
+    query = gallery_photos / "lenna.png"
+    assert_one_line_error(run("search", query, "--index", tmp_path), "not a densemesh gallery")
+    damaged = tmp_path / "damaged"
+    (damaged / "v000001").mkdir(parents=True)
+    (damaged / "CURRENT").write_text("v000001\n")
+    (damaged / "v000001" / "vectors.npy").write_bytes(b"not an array")
+    assert_one_line_error(run("search", query, "--index", damaged), "is damaged")
+    foreign = tmp_path / "foreign"
+    (foreign / "v000001").mkdir(parents=True)
+    (foreign / "CURRENT").write_text("v000001\n")
+    np.save(foreign / "v000001" / "vectors.npy", np.zeros((2, 512), np.float32))
+    (foreign / "v000001" / "faces.json").write_text("[{}, {}]")
+    (foreign / "v000001" / "files.json").write_text("{}")
+    assert_one_line_error(run("search", query, "--index", foreign), "128-D float32")
+
+
+def test_match_lists_the_pairs_of_two_galleries_that_are_one_person(gallery_photos, tmp_path, comparer):
+    import csv
+
+    from densemesh.gallery import Gallery, enrol, photo_files
+
+    for name, inputs in (("a", [gallery_photos / "lenna.png", gallery_photos / "einstein.jpg"]),
+                         ("b", [gallery_photos / "more", gallery_photos / "lenna.png"])):
+        g = Gallery.empty()
+        enrol(g, photo_files(inputs), comparer, 0.2)
+        g.save(tmp_path / name)
+    proc = run("match", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "pairs.csv")
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(open(tmp_path / "pairs.csv")))
+    lenna = str((gallery_photos / "lenna.png").resolve())
+    assert [(r["file_a"], r["file_b"]) for r in rows] == [(lenna, lenna)]
+    assert float(rows[0]["similarity"]) > 0.99

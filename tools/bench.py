@@ -2,7 +2,7 @@
 """Speed and memory benchmarks (printed numbers; the targets of DESIGN.md are checked here, not
 in unit tests).
 
-    python tools/bench.py [--only image,regressor,video,memory,identity]
+    python tools/bench.py [--only image,regressor,video,memory,identity,gallery] [--gallery-sizes 1000000]
 
 image     - per-stage CPU time per face of the photo pipeline (detection, regression, landmark
             fit, description: visibility, 68 points, colours), and refine fast / full, on the
@@ -12,7 +12,11 @@ video     - frames/s of the video pipeline (no refinement) on a talking-head cli
             480p and 720p, with and without per-frame OBJ files;
 memory    - peak resident memory for the same clip looped to 300 and to 1,200 frames;
 identity  - identity vectors per second (dlib's ResNet on a chip from the 68 landmarks) and a
-            whole 1:1 comparison of two photos (reconstruction included), models loaded.
+            whole 1:1 comparison of two photos (reconstruction included), models loaded;
+gallery   - 1:N search on synthetic galleries of random unit vectors (not faces: a face gallery
+            clusters, so these numbers are the hard case for IVF-PQ): build time, memory per
+            million faces, latency per query, and recall@1 against exact search for queries that
+            are gallery vectors plus noise (a second photo of the same person: cosine ~0.95).
 Run on an otherwise idle machine; the numbers are wall-clock.
 """
 from __future__ import annotations
@@ -180,13 +184,43 @@ def bench_identity() -> None:
           f"compare two photos {1000 * whole:.0f} ms")
 
 
+def bench_gallery(sizes: list[int]) -> None:
+    import faiss
+
+    from densemesh import gallery
+
+    rng = np.random.default_rng(0)
+    print(f"gallery search, synthetic unit vectors, {faiss.omp_get_max_threads()} threads:")
+    for n in sizes:
+        vectors = rng.standard_normal((n, 128), dtype=np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        truth = rng.choice(n, 200, replace=False)
+        queries = vectors[truth] + rng.standard_normal((200, 128), dtype=np.float32) * 0.028
+        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+        for kind, exact_up_to in (("exact (IndexFlatIP)", n), ("IVF-PQ", 0)):
+            gallery.EXACT_UP_TO = exact_up_to
+            t0 = time.perf_counter()
+            index = gallery.build_index(vectors)
+            built = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            _, rows = index.search(queries, 1)
+            per_query = (time.perf_counter() - t0) / len(queries)
+            recall = float((rows[:, 0] == truth).mean())
+            size = faiss.serialize_index(index).nbytes
+            print(f"  {n:>10,d} faces, {kind:20s} build {built:6.1f} s, {size / n * 1e6 / 2**20:6.0f} MiB per million, "
+                  f"{1000 * per_query:7.2f} ms per query (batches of 200: M:N {n / per_query:.1e} face pairs/s), "
+                  f"recall@1 {recall:.3f}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", default="image,regressor,video,memory,identity")
+    ap.add_argument("--only", default="image,regressor,video,memory,identity,gallery")
+    ap.add_argument("--gallery-sizes", default="1000000", help="comma-separated gallery sizes (e.g. 1000000,10000000)")
     args = ap.parse_args(argv)
     for part in args.only.split(","):
         {"image": bench_image, "regressor": bench_regressor, "video": bench_video, "memory": bench_memory,
-         "identity": bench_identity}[part]()
+         "identity": bench_identity,
+         "gallery": lambda: bench_gallery([int(n) for n in args.gallery_sizes.split(",")])}[part]()
     return 0
 
 
