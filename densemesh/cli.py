@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--min-quality", type=float, default=None, metavar="Q",
                        help="skip faces whose quality score is below Q (default 0.2)")
     build.add_argument("--device", default="auto", help="auto (GPU if there is one), cpu or cuda")
+    build.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                       help="spread the photos over a Ray cluster: 'local' (default: a Ray instance on this "
+                            "machine), 'auto', or the head's HOST:PORT; every node must see the photos")
     search = sub.add_parser("search", help="1:N: the gallery's faces most like the face in a photo")
     search.add_argument("query", type=Path, help="photo")
     search.add_argument("--index", type=Path, required=True, help="gallery folder ('densemesh index build')")
@@ -223,7 +226,8 @@ def _comparer(args, threshold: float | None = None):
 def cmd_index_build(args) -> int:
     from tqdm import tqdm
 
-    from densemesh.gallery import Gallery, GalleryError, enrol, photo_files
+    from densemesh import identity
+    from densemesh.gallery import Gallery, GalleryError, enrol, photo_files, reader
 
     missing = [str(p) for p in args.inputs if not p.exists()]
     if missing:
@@ -237,12 +241,20 @@ def cmd_index_build(args) -> int:
         gallery = Gallery.load(args.out) if (args.out / "CURRENT").exists() else Gallery.empty()
     except GalleryError as err:
         raise UsageError(str(err)) from None
-    with _comparer(args) as comparer, tqdm(total=len(photos), unit="photo", disable=None) as bar:
-        stats = enrol(gallery, photos, comparer, comparer.min_quality, lambda k, n: bar.update(k - bar.n))
+    min_quality = identity.MIN_QUALITY if args.min_quality is None else args.min_quality
+    with tqdm(total=len(photos), unit="photo", disable=None) as bar:
+        progress = lambda k, n: bar.update(k - bar.n)  # noqa: E731
+        if args.ray is not None:
+            from densemesh.distributed import read_faces_on_ray
+
+            stats = enrol(gallery, photos, read_faces_on_ray(args.ray, {"device": args.device}, min_quality), progress)
+        else:
+            with _comparer(args) as comparer:
+                stats = enrol(gallery, photos, reader(comparer, min_quality), progress)
         bar.update(len(photos) - bar.n)
     gallery.save(args.out)
     print(f"{stats['photos']} photos read ({stats['unchanged']} unchanged), {stats['faces']} faces enrolled, "
-          f"{stats['too_poor']} below quality {comparer.min_quality:.2f}, {stats['no_face']} without a face; "
+          f"{stats['too_poor']} below quality {min_quality:.2f}, {stats['no_face']} without a face; "
           f"gallery {args.out}: {len(gallery.faces)} faces")
     for err in stats["unreadable"]:
         print(f"densemesh: skipped: {err}", file=sys.stderr)

@@ -174,34 +174,55 @@ def photo_files(inputs: list[Path]) -> list[Path]:
     return sorted(found)
 
 
-def enrol(gallery: Gallery, photos: list[Path], comparer, min_quality: float, progress=None) -> dict:
-    """Add the faces of every photo not enrolled before as it is now (same size and time), those
-    at or above ``min_quality``; comparer: a :class:`densemesh.identity.Comparer`. Returns counts:
-    photos read, unchanged, faces enrolled, faces refused as too poor, photos without a face,
-    and the unreadable ones with their errors."""
+def read_faces(comparer, path: Path, min_quality: float) -> dict:
+    """One photo's enrolment record: {"stat", "faces" (entries as in Gallery.faces), "vectors"
+    (F, 128), "too_poor" (faces refused), "error" (None, or why the photo is unreadable)}."""
     from densemesh.image import ImageError
 
-    stats = {"photos": 0, "unchanged": 0, "faces": 0, "too_poor": 0, "no_face": 0, "unreadable": []}
-    for k, path in enumerate(photos):
-        if progress is not None:
-            progress(k, len(photos))
-        key, stat = str(path), file_stat(path)
-        if gallery.files.get(key) == stat:
-            stats["unchanged"] += 1
-            continue
-        try:
-            faces, vectors = comparer.faces(path)
-        except ImageError as err:
-            stats["unreadable"].append(str(err))
+    record = {"stat": file_stat(path), "faces": [], "vectors": np.zeros((0, EMBEDDING_SIZE), np.float32),
+              "too_poor": 0, "error": None}
+    try:
+        faces, vectors = comparer.faces(path)
+    except ImageError as err:
+        return {**record, "error": str(err)}
+    good = [i for i, f in enumerate(faces) if f.quality.score >= min_quality]
+    record["faces"] = [{"file": str(path), "box": [round(float(v), 1) for v in faces[i].box],
+                        "quality": round(faces[i].quality.score, 3)} for i in good]
+    record.update(vectors=vectors[good], too_poor=len(faces) - len(good))
+    return record
+
+
+def enrol(gallery: Gallery, photos: list[Path], read, progress=None) -> dict:
+    """Add the faces of every photo not enrolled before as it is now (same size and time), in
+    the order of ``photos`` whatever order they are read in. read(paths, progress) yields
+    (path, :func:`read_faces` record) - in this process, or spread over a cluster
+    (:func:`densemesh.distributed.read_faces_on_ray`). Returns counts: photos read, unchanged,
+    faces enrolled, faces refused as too poor, photos without a face, and the unreadable ones."""
+    todo = [p for p in photos if gallery.files.get(str(p)) != file_stat(p)]
+    records = dict(read(todo, progress))
+    stats = {"photos": 0, "unchanged": len(photos) - len(todo), "faces": 0, "too_poor": 0, "no_face": 0,
+             "unreadable": []}
+    for path in todo:
+        r = records[path]
+        if r["error"] is not None:
+            stats["unreadable"].append(r["error"])
             continue
         stats["photos"] += 1
-        good = [i for i, f in enumerate(faces) if f.quality.score >= min_quality]
-        stats["faces"] += len(good)
-        stats["too_poor"] += len(faces) - len(good)
-        stats["no_face"] += not faces
-        gallery.add(key, stat, [{"file": key, "box": [round(float(v), 1) for v in faces[i].box],
-                                 "quality": round(faces[i].quality.score, 3)} for i in good], vectors[good])
+        stats["faces"] += len(r["faces"])
+        stats["too_poor"] += r["too_poor"]
+        stats["no_face"] += not r["faces"] and not r["too_poor"]
+        gallery.add(str(path), r["stat"], r["faces"], r["vectors"])
     return stats
+
+
+def reader(comparer, min_quality: float):
+    """The ``read`` of :func:`enrol` in this process, with ``comparer``'s models."""
+    def read(paths, progress=None):
+        for k, path in enumerate(paths):
+            if progress is not None:
+                progress(k, len(paths))
+            yield path, read_faces(comparer, path, min_quality)
+    return read
 
 
 def match(a: Gallery, b: Gallery, threshold: float, top: int) -> list[tuple[int, int, float]]:

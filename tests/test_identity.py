@@ -114,14 +114,14 @@ def test_search_returns_the_enrolled_photo_first_and_builds_add_incrementally(ga
 
 def test_a_build_that_dies_while_saving_leaves_the_previous_gallery(gallery_photos, tmp_path, comparer, monkeypatch):
     from densemesh import gallery as gallery_module
-    from densemesh.gallery import Gallery, enrol, photo_files
+    from densemesh.gallery import Gallery, enrol, photo_files, reader
 
     folder = tmp_path / "gallery"
     first = Gallery.empty()
-    enrol(first, photo_files([gallery_photos / "lenna.png"]), comparer, 0.2)
+    enrol(first, photo_files([gallery_photos / "lenna.png"]), reader(comparer, 0.2))
     first.save(folder)
     bigger = Gallery.load(folder)
-    enrol(bigger, photo_files([gallery_photos / "more"]), comparer, 0.2)
+    enrol(bigger, photo_files([gallery_photos / "more"]), reader(comparer, 0.2))
     real_write_json = gallery_module.write_json
 
     def dies_on_the_last_file(path, data):
@@ -159,12 +159,12 @@ def test_search_refuses_a_damaged_or_foreign_gallery(gallery_photos, tmp_path):
 def test_match_lists_the_pairs_of_two_galleries_that_are_one_person(gallery_photos, tmp_path, comparer):
     import csv
 
-    from densemesh.gallery import Gallery, enrol, photo_files
+    from densemesh.gallery import Gallery, enrol, photo_files, reader
 
     for name, inputs in (("a", [gallery_photos / "lenna.png", gallery_photos / "einstein.jpg"]),
                          ("b", [gallery_photos / "more", gallery_photos / "lenna.png"])):
         g = Gallery.empty()
-        enrol(g, photo_files(inputs), comparer, 0.2)
+        enrol(g, photo_files(inputs), reader(comparer, 0.2))
         g.save(tmp_path / name)
     proc = run("match", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "pairs.csv")
     assert proc.returncode == 0, proc.stderr
@@ -172,3 +172,31 @@ def test_match_lists_the_pairs_of_two_galleries_that_are_one_person(gallery_phot
     lenna = str((gallery_photos / "lenna.png").resolve())
     assert [(r["file_a"], r["file_b"]) for r in rows] == [(lenna, lenna)]
     assert float(rows[0]["similarity"]) > 0.99
+
+
+def test_a_ray_cluster_builds_the_same_gallery_as_a_plain_run(gallery_photos, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    from densemesh.gallery import Gallery
+
+    ray_cli = Path(sys.executable).with_name("ray")
+    if not ray_cli.exists():
+        ray_cli = shutil.which("ray")
+    port = "6391"
+    head = subprocess.run([str(ray_cli), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", port,
+                           "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"],
+                          capture_output=True, text=True)
+    assert head.returncode == 0, head.stderr
+    try:
+        proc = run("index", "build", gallery_photos, "--out", tmp_path / "ray", "--device", "cpu",
+                   "--ray", f"127.0.0.1:{port}")
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        subprocess.run([str(ray_cli), "stop", "--force"], capture_output=True)
+    proc = run("index", "build", gallery_photos, "--out", tmp_path / "plain", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    on_ray, plain = Gallery.load(tmp_path / "ray"), Gallery.load(tmp_path / "plain")
+    assert on_ray.faces == plain.faces and on_ray.files == plain.files and len(plain.faces) >= 5
+    np.testing.assert_allclose(on_ray.vectors, plain.vectors, atol=1e-5)
