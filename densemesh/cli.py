@@ -96,10 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     index = sub.add_parser("index", help="face galleries for 1:N search")
     isub = index.add_subparsers(dest="index_command", metavar="ACTION", parser_class=_Parser)
-    build = isub.add_parser("build", help="enrol every face of photos (files or folders, searched recursively)",
-                            description="Adds to the gallery in --out (created if new) every photo not enrolled "
-                                        "before as it is now; a killed build leaves the previous gallery intact.")
-    build.add_argument("inputs", type=Path, nargs="+", help="photos or folders of photos")
+    build = isub.add_parser("build", help="enrol every face of photos and videos (files or folders, searched "
+                                          "recursively)",
+                            description="Adds to the gallery in --out (created if new) every photo or video not "
+                                        "enrolled before as it is now (a video: its faces every 2 s); a killed "
+                                        "build leaves the previous gallery intact.")
+    build.add_argument("inputs", type=Path, nargs="+", help="photos, videos, or folders of them")
     build.add_argument("--out", type=Path, required=True, help="gallery folder")
     build.add_argument("--min-quality", type=float, default=None, metavar="Q",
                        help="skip faces whose quality score is below Q (default 0.2)")
@@ -120,8 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--device", default="auto", help="auto (GPU if there is one), cpu or cuda")
 
     match = sub.add_parser("match", help="M:N: every pair of faces of two galleries that are the same person",
-                           description="Writes pairs.csv: file_a, box_a, file_b, box_b, similarity (by face of A, "
-                                       "best first).")
+                           description="Writes pairs.csv: file_a, frame_a (videos), box_a, file_b, frame_b, "
+                                       "box_b, similarity (by face of A, best first).")
     match.add_argument("a", type=Path, help="gallery folder A")
     match.add_argument("b", type=Path, help="gallery folder B")
     match.add_argument("--out", type=Path, required=True, help="CSV file")
@@ -227,16 +229,16 @@ def cmd_index_build(args) -> int:
     from tqdm import tqdm
 
     from densemesh import identity
-    from densemesh.gallery import Gallery, GalleryError, enrol, photo_files, reader
+    from densemesh.gallery import Gallery, GalleryError, enrol, media_files, reader
 
     missing = [str(p) for p in args.inputs if not p.exists()]
     if missing:
         raise UsageError(f"input not found: {missing[0]}")
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out must be a folder: {args.out}")
-    photos = photo_files(args.inputs)
+    photos = media_files(args.inputs)
     if not photos:
-        raise UsageError("no photos among the inputs")
+        raise UsageError("no photos or videos among the inputs")
     try:
         gallery = Gallery.load(args.out) if (args.out / "CURRENT").exists() else Gallery.empty()
     except GalleryError as err:
@@ -282,7 +284,8 @@ def cmd_search(args) -> int:
             _, vector = comparer.face(args.query, args.face - 1)
     except (identity.NoFaceError, identity.FaceQualityError, ImageError) as err:
         raise UsageError(str(err)) from None
-    hits = [{"file": gallery.faces[row]["file"], "box": gallery.faces[row]["box"], "similarity": sim}
+    hits = [{"file": gallery.faces[row]["file"], "box": gallery.faces[row]["box"], "similarity": sim,
+             **({"frame": gallery.faces[row]["frame"]} if "frame" in gallery.faces[row] else {})}
             for row, sim in gallery.search(vector[None], args.top, threshold)[0]]
     if args.json:
         print(json.dumps(hits))
@@ -313,11 +316,11 @@ def cmd_match(args) -> int:
     pairs = match(a, b, threshold, args.top)
     with atomic_write(args.out, "w") as f:
         out = csv.writer(f)
-        out.writerow(["file_a", "box_a", "file_b", "box_b", "similarity"])
+        out.writerow(["file_a", "frame_a", "box_a", "file_b", "frame_b", "box_b", "similarity"])
         for i, j, sim in pairs:
             fa, fb = a.faces[i], b.faces[j]
-            out.writerow([fa["file"], " ".join(map(str, fa["box"])), fb["file"], " ".join(map(str, fb["box"])),
-                          f"{sim:.4f}"])
+            out.writerow([fa["file"], fa.get("frame", ""), " ".join(map(str, fa["box"])),
+                          fb["file"], fb.get("frame", ""), " ".join(map(str, fb["box"])), f"{sim:.4f}"])
     print(f"{len(a.faces)} x {len(b.faces)} faces: {len(pairs)} pairs at similarity >= {threshold:.3f} -> {args.out}")
     return 0
 

@@ -54,7 +54,8 @@ def build_index(vectors: np.ndarray):
 
 @dataclass
 class Gallery:
-    """vectors (N, 128) float32; faces: per row {"file", "box" [x0, y0, x1, y1] px, "quality"};
+    """vectors (N, 128) float32; faces: per row {"file", "box" [x0, y0, x1, y1] px, "quality"}
+    (and "frame", the frame number, for a video's);
     files: {file: [size bytes, mtime ns]} of every enrolled file (faces or not)."""
 
     vectors: np.ndarray
@@ -163,38 +164,69 @@ def file_stat(path: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns]
 
 
-def photo_files(inputs: list[Path]) -> list[Path]:
-    """Photos among ``inputs`` (files, or folders searched recursively), sorted, each once."""
+#: seconds of video between the frames whose faces a video enrols
+VIDEO_SAMPLE_S = 2.0
+
+
+def media_files(inputs: list[Path]) -> list[Path]:
+    """Photos and videos among ``inputs`` (files, or folders searched recursively), sorted, each once."""
     from densemesh.image import IMAGE_SUFFIXES
+    from densemesh.video import VIDEO_SUFFIXES
 
     found = set()
     for item in inputs:
         paths = item.rglob("*") if item.is_dir() else [item]
-        found.update(p.resolve() for p in paths if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        found.update(p.resolve() for p in paths
+                     if p.is_file() and p.suffix.lower() in (*IMAGE_SUFFIXES, *VIDEO_SUFFIXES))
     return sorted(found)
 
 
-def read_faces(comparer, path: Path, min_quality: float) -> dict:
-    """One photo's enrolment record: {"stat", "faces" (entries as in Gallery.faces), "vectors"
-    (F, 128), "too_poor" (faces refused), "error" (None, or why the photo is unreadable)}."""
-    from densemesh.image import ImageError
+def _frames(path: Path):
+    """(frame index or None for a photo, RGB image) to enrol from a photo or video: a video's
+    frames every VIDEO_SAMPLE_S seconds."""
+    from densemesh.image import load_image
+    from densemesh.video import VIDEO_SUFFIXES, VideoReader
 
-    record = {"stat": file_stat(path), "faces": [], "vectors": np.zeros((0, EMBEDDING_SIZE), np.float32),
-              "too_poor": 0, "error": None}
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        yield None, load_image(path)
+        return
+    reader = VideoReader(path)
     try:
-        faces, vectors = comparer.faces(path)
-    except ImageError as err:
-        return {**record, "error": str(err)}
-    good = [i for i, f in enumerate(faces) if f.quality.score >= min_quality]
-    record["faces"] = [{"file": str(path), "box": [round(float(v), 1) for v in faces[i].box],
-                        "quality": round(faces[i].quality.score, 3)} for i in good]
-    record.update(vectors=vectors[good], too_poor=len(faces) - len(good))
+        due = 0.0
+        for frame in reader.frames():
+            if frame.time >= due:
+                due = frame.time + VIDEO_SAMPLE_S
+                yield frame.index, frame.image
+    finally:
+        reader.close()
+
+
+def read_faces(comparer, path: Path, min_quality: float) -> dict:
+    """One file's enrolment record: {"stat", "faces" (entries as in Gallery.faces; a video's
+    also say which "frame"), "vectors" (F, 128), "too_poor" (faces refused), "error" (None, or
+    why the file is unreadable)}."""
+    from densemesh.image import ImageError
+    from densemesh.video import VideoError
+
+    record = {"stat": file_stat(path), "faces": [], "vectors": [], "too_poor": 0, "error": None}
+    try:
+        for index, image in _frames(path):
+            faces, vectors = comparer.faces(image)
+            good = [i for i, f in enumerate(faces) if f.quality.score >= min_quality]
+            record["faces"] += [{"file": str(path), **({} if index is None else {"frame": index}),
+                                 "box": [round(float(v), 1) for v in faces[i].box],
+                                 "quality": round(faces[i].quality.score, 3)} for i in good]
+            record["vectors"].append(vectors[good])
+            record["too_poor"] += len(faces) - len(good)
+    except (ImageError, VideoError) as err:
+        return {**record, "vectors": np.zeros((0, EMBEDDING_SIZE), np.float32), "faces": [], "error": str(err)}
+    record["vectors"] = np.concatenate(record["vectors"]) if record["vectors"] else np.zeros((0, EMBEDDING_SIZE), np.float32)
     return record
 
 
 def enrol(gallery: Gallery, photos: list[Path], read, progress=None) -> dict:
-    """Add the faces of every photo not enrolled before as it is now (same size and time), in
-    the order of ``photos`` whatever order they are read in. read(paths, progress) yields
+    """Add the faces of every photo or video (:func:`media_files`) not enrolled before as it is
+    now (same size and time), in the order of ``photos`` whatever order they are read in. read(paths, progress) yields
     (path, :func:`read_faces` record) - in this process, or spread over a cluster
     (:func:`densemesh.distributed.read_faces_on_ray`). Returns counts: photos read, unchanged,
     faces enrolled, faces refused as too poor, photos without a face, and the unreadable ones."""

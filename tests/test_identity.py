@@ -114,14 +114,14 @@ def test_search_returns_the_enrolled_photo_first_and_builds_add_incrementally(ga
 
 def test_a_build_that_dies_while_saving_leaves_the_previous_gallery(gallery_photos, tmp_path, comparer, monkeypatch):
     from densemesh import gallery as gallery_module
-    from densemesh.gallery import Gallery, enrol, photo_files, reader
+    from densemesh.gallery import Gallery, enrol, media_files, reader
 
     folder = tmp_path / "gallery"
     first = Gallery.empty()
-    enrol(first, photo_files([gallery_photos / "lenna.png"]), reader(comparer, 0.2))
+    enrol(first, media_files([gallery_photos / "lenna.png"]), reader(comparer, 0.2))
     first.save(folder)
     bigger = Gallery.load(folder)
-    enrol(bigger, photo_files([gallery_photos / "more"]), reader(comparer, 0.2))
+    enrol(bigger, media_files([gallery_photos / "more"]), reader(comparer, 0.2))
     real_write_json = gallery_module.write_json
 
     def dies_on_the_last_file(path, data):
@@ -159,12 +159,12 @@ def test_search_refuses_a_damaged_or_foreign_gallery(gallery_photos, tmp_path):
 def test_match_lists_the_pairs_of_two_galleries_that_are_one_person(gallery_photos, tmp_path, comparer):
     import csv
 
-    from densemesh.gallery import Gallery, enrol, photo_files, reader
+    from densemesh.gallery import Gallery, enrol, media_files, reader
 
     for name, inputs in (("a", [gallery_photos / "lenna.png", gallery_photos / "einstein.jpg"]),
                          ("b", [gallery_photos / "more", gallery_photos / "lenna.png"])):
         g = Gallery.empty()
-        enrol(g, photo_files(inputs), reader(comparer, 0.2))
+        enrol(g, media_files(inputs), reader(comparer, 0.2))
         g.save(tmp_path / name)
     proc = run("match", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "pairs.csv")
     assert proc.returncode == 0, proc.stderr
@@ -200,3 +200,20 @@ def test_a_ray_cluster_builds_the_same_gallery_as_a_plain_run(gallery_photos, tm
     on_ray, plain = Gallery.load(tmp_path / "ray"), Gallery.load(tmp_path / "plain")
     assert on_ray.faces == plain.faces and on_ray.files == plain.files and len(plain.faces) >= 5
     np.testing.assert_allclose(on_ray.vectors, plain.vectors, atol=1e-5)
+
+
+def test_a_video_is_enrolled_frame_by_frame_and_found_by_a_later_frame(shared, tmp_path):
+    import shutil
+
+    video = tmp_path / "clip.mp4"
+    shutil.copy(shared / "video" / "talking_d3.mp4", video)
+    gallery = tmp_path / "gallery"
+    proc = run("index", "build", video, shared / "faces" / "annotated" / "lenna.png", "--out", gallery, "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    query = tmp_path / "frame.png"
+    cv2.imwrite(str(query), clip_frame(shared, "talking_d3.mp4", 333)[..., ::-1])
+    proc = run("search", query, "--index", gallery, "--json", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    hits = json.loads(proc.stdout)
+    assert len(hits) >= 3 and all(h["file"] == str(video.resolve()) for h in hits), hits
+    assert all(h["frame"] % 60 == 0 for h in hits)  # 30 frames/s, a frame every 2 s
