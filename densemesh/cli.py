@@ -49,6 +49,8 @@ def _formats(text: str) -> tuple[str, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from densemesh.identity import MIN_QUALITY, SAME_PERSON_THRESHOLD  # light: no models, no torch
+
     parser = _Parser(prog="densemesh", description="Dense 3D face reconstruction from photos and videos.")
     parser.add_argument("--version", action="version", version=f"densemesh {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -87,10 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("b", type=Path, help="second photo")
     cmp.add_argument("--face-a", type=int, default=1, metavar="N", help="which face of A, largest first (default 1)")
     cmp.add_argument("--face-b", type=int, default=1, metavar="N", help="which face of B, largest first (default 1)")
-    cmp.add_argument("--threshold", type=float, default=None, metavar="T",
-                     help="same-person threshold on the cosine similarity (default: the calibrated one)")
-    cmp.add_argument("--min-quality", type=float, default=None, metavar="Q",
-                     help="refuse faces whose quality score in [0, 1] is below Q (default 0.2)")
+    cmp.add_argument("--threshold", type=float, default=SAME_PERSON_THRESHOLD, metavar="T",
+                     help="same-person threshold on the cosine similarity (default: the calibrated %(default)s)")
+    cmp.add_argument("--min-quality", type=float, default=MIN_QUALITY, metavar="Q",
+                     help="refuse faces whose quality score in [0, 1] is below Q (default %(default)s)")
     cmp.add_argument("--json", action="store_true", help='print {"similarity", "same", "threshold"} as JSON')
     cmp.add_argument("--device", default="auto", help="auto (GPU if there is one), cpu or cuda")
 
@@ -103,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "build leaves the previous gallery intact.")
     build.add_argument("inputs", type=Path, nargs="+", help="photos, videos, or folders of them")
     build.add_argument("--out", type=Path, required=True, help="gallery folder")
-    build.add_argument("--min-quality", type=float, default=None, metavar="Q",
-                       help="skip faces whose quality score is below Q (default 0.2)")
+    build.add_argument("--min-quality", type=float, default=MIN_QUALITY, metavar="Q",
+                       help="skip faces whose quality score is below Q (default %(default)s)")
     build.add_argument("--device", default="auto", help="auto (GPU if there is one), cpu or cuda")
     build.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                        help="spread the photos over a Ray cluster: 'local' (default: a Ray instance on this "
@@ -113,11 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("query", type=Path, help="photo")
     search.add_argument("--index", type=Path, required=True, help="gallery folder ('densemesh index build')")
     search.add_argument("--top", type=int, default=5, metavar="K", help="most results (default 5)")
-    search.add_argument("--threshold", type=float, default=None, metavar="T",
-                        help="least similarity listed (default: the same-person threshold)")
+    search.add_argument("--threshold", type=float, default=SAME_PERSON_THRESHOLD, metavar="T",
+                        help="least similarity listed (default: the same-person threshold, %(default)s)")
     search.add_argument("--face", type=int, default=1, metavar="N", help="which face of the photo, largest first")
-    search.add_argument("--min-quality", type=float, default=None, metavar="Q",
-                        help="refuse a query face whose quality score is below Q (default 0.2)")
+    search.add_argument("--min-quality", type=float, default=MIN_QUALITY, metavar="Q",
+                        help="refuse a query face whose quality score is below Q (default %(default)s)")
     search.add_argument("--json", action="store_true", help='print [{"file", "box", "similarity"}, ...] as JSON')
     search.add_argument("--device", default="auto", help="auto (GPU if there is one), cpu or cuda")
 
@@ -127,8 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     match.add_argument("a", type=Path, help="gallery folder A")
     match.add_argument("b", type=Path, help="gallery folder B")
     match.add_argument("--out", type=Path, required=True, help="CSV file")
-    match.add_argument("--threshold", type=float, default=None, metavar="T",
-                       help="least similarity listed (default: the same-person threshold)")
+    match.add_argument("--threshold", type=float, default=SAME_PERSON_THRESHOLD, metavar="T",
+                       help="least similarity listed (default: the same-person threshold, %(default)s)")
     match.add_argument("--top", type=int, default=10, metavar="K", help="most matches per face of A (default 10)")
 
     model = sub.add_parser("model", help="inspect or export the face model")
@@ -201,7 +203,7 @@ def cmd_compare(args) -> int:
     if args.face_a < 1 or args.face_b < 1:
         raise UsageError("--face-a / --face-b count from 1")
     try:
-        with _comparer(args, args.threshold) as comparer:
+        with _comparer(args) as comparer:
             result = comparer.compare(args.a, args.b, args.face_a - 1, args.face_b - 1)
     except (identity.NoFaceError, identity.FaceQualityError, ImageError) as err:
         raise UsageError(str(err)) from None
@@ -214,12 +216,11 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def _comparer(args, threshold: float | None = None):
+def _comparer(args):
     from densemesh import identity
 
-    min_quality = identity.MIN_QUALITY if args.min_quality is None else args.min_quality
     try:
-        return identity.Comparer(identity.SAME_PERSON_THRESHOLD if threshold is None else threshold, min_quality,
+        return identity.Comparer(getattr(args, "threshold", identity.SAME_PERSON_THRESHOLD), args.min_quality,
                                  device=args.device)
     except (ValueError, RuntimeError) as err:
         raise UsageError(str(err)) from None
@@ -228,7 +229,6 @@ def _comparer(args, threshold: float | None = None):
 def cmd_index_build(args) -> int:
     from tqdm import tqdm
 
-    from densemesh import identity
     from densemesh.gallery import Gallery, GalleryError, enrol, media_files, reader
 
     missing = [str(p) for p in args.inputs if not p.exists()]
@@ -243,20 +243,20 @@ def cmd_index_build(args) -> int:
         gallery = Gallery.load(args.out) if (args.out / "CURRENT").exists() else Gallery.empty()
     except GalleryError as err:
         raise UsageError(str(err)) from None
-    min_quality = identity.MIN_QUALITY if args.min_quality is None else args.min_quality
     with tqdm(total=len(photos), unit="photo", disable=None) as bar:
         progress = lambda k, n: bar.update(k - bar.n)  # noqa: E731
         if args.ray is not None:
             from densemesh.distributed import read_faces_on_ray
 
-            stats = enrol(gallery, photos, read_faces_on_ray(args.ray, {"device": args.device}, min_quality), progress)
+            stats = enrol(gallery, photos, read_faces_on_ray(args.ray, {"device": args.device}, args.min_quality),
+                          progress)
         else:
             with _comparer(args) as comparer:
-                stats = enrol(gallery, photos, reader(comparer, min_quality), progress)
+                stats = enrol(gallery, photos, reader(comparer, args.min_quality), progress)
         bar.update(len(photos) - bar.n)
     gallery.save(args.out)
     print(f"{stats['photos']} photos read ({stats['unchanged']} unchanged), {stats['faces']} faces enrolled, "
-          f"{stats['too_poor']} below quality {min_quality:.2f}, {stats['no_face']} without a face; "
+          f"{stats['too_poor']} below quality {args.min_quality:.2f}, {stats['no_face']} without a face; "
           f"gallery {args.out}: {len(gallery.faces)} faces")
     for err in stats["unreadable"]:
         print(f"densemesh: skipped: {err}", file=sys.stderr)
@@ -278,29 +278,27 @@ def cmd_search(args) -> int:
         gallery = Gallery.load(args.index)
     except GalleryError as err:
         raise UsageError(str(err)) from None
-    threshold = identity.SAME_PERSON_THRESHOLD if args.threshold is None else args.threshold
     try:
-        with _comparer(args, threshold) as comparer:
+        with _comparer(args) as comparer:
             _, vector = comparer.face(args.query, args.face - 1)
     except (identity.NoFaceError, identity.FaceQualityError, ImageError) as err:
         raise UsageError(str(err)) from None
     hits = [{"file": gallery.faces[row]["file"], "box": gallery.faces[row]["box"], "similarity": sim,
              **({"frame": gallery.faces[row]["frame"]} if "frame" in gallery.faces[row] else {})}
-            for row, sim in gallery.search(vector[None], args.top, threshold)[0]]
+            for row, sim in gallery.search(vector[None], args.top, args.threshold)[0]]
     if args.json:
         print(json.dumps(hits))
     else:
         for hit in hits:
             print(f"{hit['similarity']:.3f}  {hit['file']}  box {hit['box']}")
         if not hits:
-            print(f"no face in the gallery reaches similarity {threshold:.3f}")
+            print(f"no face in the gallery reaches similarity {args.threshold:.3f}")
     return 0
 
 
 def cmd_match(args) -> int:
     import csv
 
-    from densemesh import identity
     from densemesh.export import atomic_write
     from densemesh.gallery import Gallery, GalleryError, match
 
@@ -312,8 +310,7 @@ def cmd_match(args) -> int:
         a, b = Gallery.load(args.a), Gallery.load(args.b)
     except GalleryError as err:
         raise UsageError(str(err)) from None
-    threshold = identity.SAME_PERSON_THRESHOLD if args.threshold is None else args.threshold
-    pairs = match(a, b, threshold, args.top)
+    pairs = match(a, b, args.threshold, args.top)
     with atomic_write(args.out, "w") as f:
         out = csv.writer(f)
         out.writerow(["file_a", "frame_a", "box_a", "file_b", "frame_b", "box_b", "similarity"])
@@ -321,7 +318,7 @@ def cmd_match(args) -> int:
             fa, fb = a.faces[i], b.faces[j]
             out.writerow([fa["file"], fa.get("frame", ""), " ".join(map(str, fa["box"])),
                           fb["file"], fb.get("frame", ""), " ".join(map(str, fb["box"])), f"{sim:.4f}"])
-    print(f"{len(a.faces)} x {len(b.faces)} faces: {len(pairs)} pairs at similarity >= {threshold:.3f} -> {args.out}")
+    print(f"{len(a.faces)} x {len(b.faces)} faces: {len(pairs)} pairs at similarity >= {args.threshold:.3f} -> {args.out}")
     return 0
 
 

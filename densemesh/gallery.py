@@ -35,12 +35,13 @@ class GalleryError(ValueError):
     """A gallery folder is missing, corrupt or of another vector size (one-line message)."""
 
 
-def build_index(vectors: np.ndarray):
-    """FAISS inner-product index over ``vectors`` (N, 128) float32 unit vectors (see EXACT_UP_TO)."""
+def build_index(vectors: np.ndarray, exact: bool | None = None):
+    """FAISS inner-product index over ``vectors`` (N, 128) float32 unit vectors: exact, or IVF-PQ
+    (``exact`` None: exact up to EXACT_UP_TO vectors)."""
     import faiss
 
     n, dim = vectors.shape
-    if n <= EXACT_UP_TO:
+    if exact if exact is not None else n <= EXACT_UP_TO:
         index = faiss.IndexFlatIP(dim)
     else:
         lists = int(4 * np.sqrt(n))
@@ -208,26 +209,26 @@ def read_faces(comparer, path: Path, min_quality: float) -> dict:
     from densemesh.image import ImageError
     from densemesh.video import VideoError
 
-    record = {"stat": file_stat(path), "faces": [], "vectors": [], "too_poor": 0, "error": None}
+    record = {"stat": file_stat(path), "faces": [], "too_poor": 0, "error": None}
+    vectors = [np.zeros((0, EMBEDDING_SIZE), np.float32)]
     try:
         for index, image in _frames(path):
-            faces, vectors = comparer.faces(image)
+            faces, found = comparer.faces(image)
             good = [i for i, f in enumerate(faces) if f.quality.score >= min_quality]
             record["faces"] += [{"file": str(path), **({} if index is None else {"frame": index}),
                                  "box": [round(float(v), 1) for v in faces[i].box],
                                  "quality": round(faces[i].quality.score, 3)} for i in good]
-            record["vectors"].append(vectors[good])
+            vectors.append(found[good])
             record["too_poor"] += len(faces) - len(good)
     except (ImageError, VideoError) as err:
-        return {**record, "vectors": np.zeros((0, EMBEDDING_SIZE), np.float32), "faces": [], "error": str(err)}
-    record["vectors"] = np.concatenate(record["vectors"]) if record["vectors"] else np.zeros((0, EMBEDDING_SIZE), np.float32)
-    return record
+        return {**record, "faces": [], "vectors": vectors[0], "error": str(err)}
+    return {**record, "vectors": np.concatenate(vectors)}
 
 
 def enrol(gallery: Gallery, photos: list[Path], read, progress=None) -> dict:
     """Add the faces of every photo or video (:func:`media_files`) not enrolled before as it is
-    now (same size and time), in the order of ``photos`` whatever order they are read in. read(paths, progress) yields
-    (path, :func:`read_faces` record) - in this process, or spread over a cluster
+    now (same size and time), in the order of ``photos`` whatever order they are read in.
+    read(paths, progress) yields (path, :func:`read_faces` record) - in this process, or spread over a cluster
     (:func:`densemesh.distributed.read_faces_on_ray`). Returns counts: photos read, unchanged,
     faces enrolled, faces refused as too poor, photos without a face, and the unreadable ones."""
     todo = [p for p in photos if gallery.files.get(str(p)) != file_stat(p)]
