@@ -6,9 +6,11 @@ input, 130 interrupted. Errors are one line on stderr; set DENSEMESH_DEBUG=1 for
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +50,13 @@ def _formats(text: str) -> tuple[str, ...]:
     return chosen
 
 
+def _ray_option(parser, what: str) -> None:
+    parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                        help=f"spread the {what} over a Ray cluster: 'local' (default: a Ray instance on this "
+                             "machine), 'auto', or the head's HOST:PORT; every node must see the files "
+                             "(see densemesh.distributed)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from densemesh.identity import MIN_QUALITY, SAME_PERSON_THRESHOLD  # light: no models, no torch
 
@@ -80,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "0 = off, 1 = default, larger = smoother")
     rec.add_argument("--resume", action="store_true",
                      help="videos: continue an interrupted run in --out from where it stopped")
+    _ray_option(rec, "folder's images")
 
     cmp = sub.add_parser("compare", help="1:1: is the face in photo A the person in photo B?",
                          description="Prints the cosine similarity of the two faces' identity vectors and "
@@ -108,9 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--min-quality", type=float, default=MIN_QUALITY, metavar="Q",
                        help="skip faces whose quality score is below Q (default %(default)s)")
     build.add_argument("--device", default="auto", help="auto (GPU if there is one), cpu or cuda")
-    build.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
-                       help="spread the photos over a Ray cluster: 'local' (default: a Ray instance on this "
-                            "machine), 'auto', or the head's HOST:PORT; every node must see the photos")
+    _ray_option(build, "photos and videos")
     search = sub.add_parser("search", help="1:N: the gallery's faces most like the face in a photo")
     search.add_argument("query", type=Path, help="photo")
     search.add_argument("--index", type=Path, required=True, help="gallery folder ('densemesh index build')")
@@ -229,7 +237,7 @@ def _comparer(args):
 def cmd_index_build(args) -> int:
     from tqdm import tqdm
 
-    from densemesh.gallery import Gallery, GalleryError, enrol, media_files, reader
+    from densemesh.gallery import Gallery, GalleryError, enrol, media_files, ray_reader, reader
 
     missing = [str(p) for p in args.inputs if not p.exists()]
     if missing:
@@ -246,10 +254,7 @@ def cmd_index_build(args) -> int:
     with tqdm(total=len(photos), unit="photo", disable=None) as bar:
         progress = lambda k, n: bar.update(k - bar.n)  # noqa: E731
         if args.ray is not None:
-            from densemesh.distributed import read_faces_on_ray
-
-            stats = enrol(gallery, photos, read_faces_on_ray(args.ray, {"device": args.device}, args.min_quality),
-                          progress)
+            stats = enrol(gallery, photos, ray_reader(args.ray, {"device": args.device}, args.min_quality), progress)
         else:
             with _comparer(args) as comparer:
                 stats = enrol(gallery, photos, reader(comparer, args.min_quality), progress)
@@ -332,6 +337,8 @@ def cmd_reconstruct(args) -> int:
         raise UsageError(f"--out must be a folder: {args.out}")
     if args.max_faces < 1:
         raise UsageError("--max-faces must be at least 1")
+    if args.ray is not None and not args.input.is_dir():
+        raise UsageError("--ray spreads the images of a folder over a cluster; give a folder")
     if args.input.suffix.lower() in VIDEO_SUFFIXES:
         return _reconstruct_video(args)
     if args.resume:
@@ -344,41 +351,59 @@ def cmd_reconstruct(args) -> int:
         images = sorted(p for p in args.input.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not images:
             raise UsageError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {args.input}")
-    else:
-        images = [args.input]
-        try:  # decode before anything is written or loaded
-            first = load_image(args.input)
-        except ImageError as err:
-            raise UsageError(str(err)) from None
+        return _reconstruct_folder(args, images)
+    try:  # decode before anything is written or loaded
+        first = load_image(args.input)
+    except ImageError as err:
+        raise UsageError(str(err)) from None
     with _reconstructor(args, texture="obj" in args.format) as rec:
-        if not args.input.is_dir():
-            summary = _reconstruct_image(rec, args.input, first, args.out, args)
-            for path in summary.pop("written"):
-                print(path)
-            if not summary["faces"]:
-                print(f"no face found in {args.input}")
-            return 0
-        from tqdm import tqdm
+        summary = _write_image(args.input, _reconstruct_one(rec, args.input, args.no_overlay, first),
+                               args.out, rec.model, args)
+    for path in summary.pop("written"):
+        print(path)
+    if not summary["faces"]:
+        print(f"no face found in {args.input}")
+    return 0
 
-        failed, report = 0, []
-        for path in tqdm(images, desc="images", unit="img", file=sys.stderr):
-            try:
-                image = load_image(path)
-            except ImageError as err:
-                tqdm.write(f"densemesh: skipped: {err}", file=sys.stderr)
-                report.append({"input": str(path), "error": str(err)})
-                failed += 1
+
+def _reconstruct_folder(args, images: list[Path]) -> int:
+    """Each image into ``--out/<image name>/`` (in this process, or spread over Ray with
+    ``--ray``: this process alone writes), and summary.json listing them all."""
+    from tqdm import tqdm
+
+    from densemesh.export import write_json
+
+    with tqdm(total=len(images), desc="images", unit="img", file=sys.stderr) as bar, \
+            contextlib.ExitStack() as stack:
+        texture = "obj" in args.format
+        if args.ray is None:
+            rec = stack.enter_context(_reconstructor(args, texture))
+            model = rec.model
+            done = ((p, _reconstruct_one(rec, p, args.no_overlay)) for p in images)
+        else:
+            from densemesh.distributed import map_on_ray
+            from densemesh.facemodel import FaceModel
+
+            model, no_overlay = FaceModel.load(), args.no_overlay
+            done = map_on_ray(args.ray, lambda: _reconstructor(args, texture),
+                              lambda rec, p: _reconstruct_one(rec, p, no_overlay), images)
+        report = {}
+        for path, outcome in done:
+            bar.update(1)
+            if isinstance(outcome, Exception):
+                outcome = {"error": str(outcome)}
+            if "error" in outcome:
+                tqdm.write(f"densemesh: skipped: {outcome['error']}", file=sys.stderr)
+                report[path] = {"input": str(path), "error": outcome["error"]}
                 continue
-            summary = _reconstruct_image(rec, path, image, args.out / path.stem, args)
-            summary.pop("written")
-            report.append({"input": str(path), "folder": path.stem, "faces": len(summary["faces"])})
-        from densemesh.export import write_json
-
-        write_json(args.out / "summary.json", {"version": __version__, "images": report})
-        found = sum(r.get("faces", 0) for r in report)
-        print(f"{len(images) - failed} images, {found} faces -> {args.out}"
-              + (f"; {failed} unreadable (see summary.json)" if failed else ""))
-        return 2 if failed else 0
+            summary = _write_image(path, outcome, args.out / path.stem, model, args)
+            report[path] = {"input": str(path), "folder": path.stem, "faces": len(summary["faces"])}
+    write_json(args.out / "summary.json", {"version": __version__, "images": [report[p] for p in images]})
+    failed = sum("error" in r for r in report.values())
+    found = sum(r.get("faces", 0) for r in report.values())
+    print(f"{len(images) - failed} images, {found} faces -> {args.out}"
+          + (f"; {failed} unreadable (see summary.json)" if failed else ""))
+    return 2 if failed else 0
 
 
 def _reconstructor(args, texture: bool):
@@ -438,32 +463,45 @@ def _reconstruct_video(args) -> int:
     return 0
 
 
-def _reconstruct_image(rec, path: Path, image, out: Path, args) -> dict:
-    """Reconstruct one decoded image and write its outputs into ``out``; -> summary dict."""
-    import time
-
+def _reconstruct_one(rec, path: Path, no_overlay: bool, image: np.ndarray | None = None) -> dict:
+    """Decode (unless ``image`` is given) and reconstruct one image, no files written: {"error"}
+    or {"faces", "overlay" (H, W, 3) uint8 or None, "seconds", "image_size"}."""
     import torch
 
     from densemesh import render
-    from densemesh.export import write_face, write_json, write_png
+    from densemesh.image import ImageError, load_image
 
+    if image is None:
+        try:
+            image = load_image(path)
+        except ImageError as err:
+            return {"error": str(err)}
     t0 = time.perf_counter()
     faces = rec(image)
     seconds = time.perf_counter() - t0
-    written = []
-    entries = []
-    for i, face in enumerate(faces):
-        folder = f"face_{i:02d}"
-        written += write_face(out / folder, face, rec.model, args.format, args.space)
-        entries.append({"folder": folder, **face.summary(), "timings": face.timings})
-    if not args.no_overlay:
+    overlay = None
+    if not no_overlay:
         cams = torch.tensor(np.stack([f.vertices_camera for f in faces])) if faces else torch.zeros(0, 1, 3)
         focal = torch.tensor([f.pose.focal for f in faces], dtype=torch.float32)
         principal = torch.tensor(np.stack([f.pose.principal for f in faces]) if faces else np.zeros((0, 2)),
                                  dtype=torch.float32)
-        written.append(write_png(out / "overlay.png", render.overlay(image, cams, rec.model.faces.cpu(), focal, principal)))
-    summary = {"version": __version__, "input": str(path), "image_size": list(image.shape[:2]),
-               "refine": args.refine, "seconds": seconds, "faces": entries}
+        overlay = render.overlay(image, cams, rec.model.faces.cpu(), focal, principal)
+    return {"faces": faces, "overlay": overlay, "seconds": seconds, "image_size": list(image.shape[:2])}
+
+
+def _write_image(path: Path, done: dict, out: Path, model, args) -> dict:
+    """Write the outputs of one :func:`_reconstruct_one` into ``out``; -> summary dict."""
+    from densemesh.export import write_face, write_json, write_png
+
+    written, entries = [], []
+    for i, face in enumerate(done["faces"]):
+        folder = f"face_{i:02d}"
+        written += write_face(out / folder, face, model, args.format, args.space)
+        entries.append({"folder": folder, **face.summary(), "timings": face.timings})
+    if done["overlay"] is not None:
+        written.append(write_png(out / "overlay.png", done["overlay"]))
+    summary = {"version": __version__, "input": str(path), "image_size": done["image_size"],
+               "refine": args.refine, "seconds": done["seconds"], "faces": entries}
     written.append(write_json(out / "summary.json", summary))
     return {**summary, "written": written}
 

@@ -1,13 +1,13 @@
-"""Many files, many machines: per-photo work spread over a Ray cluster (``--ray [ADDRESS]``).
+"""Many files, many machines: per-file work spread over a Ray cluster (``--ray [ADDRESS]``).
 
-Each Ray worker is an actor that loads the models once and then takes photos one at a time;
-results come back to this process, which alone writes the outputs, in the same order as a
-plain run, so the outputs are the same. A worker that dies is restarted and its photo is
-retried (``MAX_RETRIES``). ADDRESS: "local" starts a Ray instance on this machine for the run;
-anything else is a cluster address as ``ray.init`` takes it (``ray start --head`` prints it,
-e.g. "10.0.0.5:6379", or "auto" for the cluster this machine joined; Ray's token in
-~/.ray/auth_token is sent when there is one). Every node must see the photos at the same paths
-(a shared file system).
+Each Ray worker is an actor that loads the models once and then takes files one at a time;
+results come back to this process, which alone writes the outputs, so they are the same as a
+plain run's. A worker that dies is restarted and its file is retried (``MAX_RETRIES``); a file
+that still kills its worker is reported as failed and the others go on. ADDRESS: "local"
+starts a Ray instance on this machine for the run; anything else is a cluster address as
+``ray.init`` takes it (``ray start --head`` prints it, e.g. "10.0.0.5:6379", or "auto" for the
+cluster this machine joined; Ray's token in ~/.ray/auth_token is sent when there is one). Every
+node must have densemesh installed and see the inputs at the same paths (a shared file system).
 """
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ import os
 from pathlib import Path
 
 MAX_RETRIES = 2
+
+
+class WorkerDied(RuntimeError):
+    """A file whose worker died on every try (a crash or the machine's memory killer)."""
 
 
 def _connect(address: str):
@@ -33,34 +37,46 @@ def _connect(address: str):
     return ray
 
 
-def read_faces_on_ray(address: str, options: dict, min_quality: float):
-    """The ``read`` of :func:`densemesh.gallery.enrol` on a Ray cluster: one actor per CPU of the
-    cluster (at most one per photo), each with a :class:`densemesh.identity.Comparer(**options)`."""
-    def read(paths: list[Path], progress=None):
-        if not paths:
-            return
-        ray = _connect(address)
-        from ray.util import ActorPool
+def map_on_ray(address: str, setup, work, items: list, progress=None):
+    """Yield (item, work(state, item)) for every item as it finishes, run on the Ray cluster at
+    ``address``: one single-threaded actor per CPU of the cluster (at most one per item), each
+    with ``state = setup()`` made once. An item whose worker died ``MAX_RETRIES + 1`` times
+    yields (item, :class:`WorkerDied`). progress(done, total) after each item."""
+    if not items:
+        return
+    ray = _connect(address)
 
-        @ray.remote(num_cpus=1, max_restarts=MAX_RETRIES, max_task_retries=MAX_RETRIES)
-        class FaceReader:
-            def __init__(self):
-                import torch
+    @ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=MAX_RETRIES)
+    class Worker:
+        def __init__(self):
+            import torch
 
-                from densemesh.identity import Comparer
+            torch.set_num_threads(1)  # one CPU per actor
+            self.state = setup()
 
-                torch.set_num_threads(1)
-                self.comparer = Comparer(**options)
+        def run(self, item):
+            return work(self.state, item)
 
-            def read(self, path: str) -> tuple[str, dict]:
-                from densemesh.gallery import read_faces
+    count = max(1, min(len(items), int(ray.cluster_resources().get("CPU", 1))))
+    waiting, running = list(reversed(items)), {}
 
-                return path, read_faces(self.comparer, Path(path), min_quality)
+    def give(worker):
+        if waiting:
+            item = waiting.pop()
+            running[worker.run.remote(item)] = (worker, item)
 
-        workers = max(1, min(len(paths), int(ray.cluster_resources().get("CPU", 1))))
-        pool = ActorPool([FaceReader.remote() for _ in range(workers)])
-        for k, (path, record) in enumerate(pool.map_unordered(lambda actor, p: actor.read.remote(str(p)), paths)):
-            if progress is not None:
-                progress(k + 1, len(paths))
-            yield Path(path), record
-    return read
+    for _ in range(count):
+        give(Worker.remote())
+    done = 0
+    while running:
+        (future,), _ = ray.wait(list(running), num_returns=1)
+        worker, item = running.pop(future)
+        try:
+            result = ray.get(future)
+        except ray.exceptions.RayActorError:  # Ray restarted the actor and retried; it died every time
+            result = WorkerDied(f"{item}: its worker died {MAX_RETRIES + 1} times on it")
+        give(worker)
+        done += 1
+        if progress is not None:
+            progress(done, len(items))
+        yield item, result

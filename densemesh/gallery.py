@@ -29,6 +29,7 @@ EXACT_UP_TO = 200_000
 IVF_PROBES = 32
 PQ_BYTES = 32  # bytes per compressed vector
 RERANK = 4     # IVF-PQ candidates per wanted result, re-scored exactly
+_NO_VECTORS = np.zeros((0, EMBEDDING_SIZE), np.float32)
 
 
 class GalleryError(ValueError):
@@ -68,7 +69,7 @@ class Gallery:
 
     @classmethod
     def empty(cls) -> Gallery:
-        return cls(np.zeros((0, EMBEDDING_SIZE), np.float32), [], {})
+        return cls(_NO_VECTORS, [], {})
 
     @classmethod
     def load(cls, folder: str | Path) -> Gallery:
@@ -210,7 +211,7 @@ def read_faces(comparer, path: Path, min_quality: float) -> dict:
     from densemesh.video import VideoError
 
     record = {"stat": file_stat(path), "faces": [], "too_poor": 0, "error": None}
-    vectors = [np.zeros((0, EMBEDDING_SIZE), np.float32)]
+    vectors = [_NO_VECTORS]
     try:
         for index, image in _frames(path):
             faces, found = comparer.faces(image)
@@ -221,15 +222,19 @@ def read_faces(comparer, path: Path, min_quality: float) -> dict:
             vectors.append(found[good])
             record["too_poor"] += len(faces) - len(good)
     except (ImageError, VideoError) as err:
-        return {**record, "faces": [], "vectors": vectors[0], "error": str(err)}
+        return _unreadable(path, str(err))
     return {**record, "vectors": np.concatenate(vectors)}
+
+
+def _unreadable(path: Path, why: str) -> dict:
+    return {"stat": file_stat(path), "faces": [], "too_poor": 0, "error": why, "vectors": _NO_VECTORS}
 
 
 def enrol(gallery: Gallery, photos: list[Path], read, progress=None) -> dict:
     """Add the faces of every photo or video (:func:`media_files`) not enrolled before as it is
     now (same size and time), in the order of ``photos`` whatever order they are read in.
-    read(paths, progress) yields (path, :func:`read_faces` record) - in this process, or spread over a cluster
-    (:func:`densemesh.distributed.read_faces_on_ray`). Returns counts: photos read, unchanged,
+    read(paths, progress) yields (path, :func:`read_faces` record) - in this process
+    (:func:`reader`), or spread over a cluster (:func:`ray_reader`). Returns counts: photos read, unchanged,
     faces enrolled, faces refused as too poor, photos without a face, and the unreadable ones."""
     todo = [p for p in photos if gallery.files.get(str(p)) != file_stat(p)]
     records = dict(read(todo, progress))
@@ -255,6 +260,19 @@ def reader(comparer, min_quality: float):
             if progress is not None:
                 progress(k, len(paths))
             yield path, read_faces(comparer, path, min_quality)
+    return read
+
+
+def ray_reader(address: str, options: dict, min_quality: float):
+    """The ``read`` of :func:`enrol` on the Ray cluster at ``address``
+    (:func:`densemesh.distributed.map_on_ray`), each worker with a ``Comparer(**options)``."""
+    def read(paths, progress=None):
+        from densemesh.distributed import map_on_ray
+        from densemesh.identity import Comparer
+
+        for path, record in map_on_ray(address, lambda: Comparer(**options),
+                                       lambda comparer, p: read_faces(comparer, p, min_quality), paths, progress):
+            yield path, _unreadable(path, str(record)) if isinstance(record, Exception) else record
     return read
 
 

@@ -28,3 +28,16 @@ def head_model():
     from densemesh.facemodel import FaceModel
 
     return FaceModel.load("head")
+
+
+@pytest.fixture(scope="session")
+def gallery_photos(shared, tmp_path_factory):
+    """Five annotated photos in a folder tree (one in a subfolder)."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("photos")
+    (folder / "more").mkdir()
+    for name in ("lenna.png", "einstein.jpg", "breakingbad.jpg", "300w_image_0010.png"):
+        shutil.copy(shared / "faces" / "annotated" / name, folder / name)
+    shutil.copy(shared / "faces" / "misc" / "single_face.jpg", folder / "more" / "single_face.jpg")
+    return folder

@@ -82,19 +82,6 @@ def test_the_python_api_compares_arrays_and_raises_on_no_face(shared, comparer):
         comparer.compare(np.zeros((240, 320, 3), np.uint8), image)
 
 
-@pytest.fixture(scope="module")
-def gallery_photos(shared, tmp_path_factory):
-    """Five annotated photos in a folder tree (one in a subfolder)."""
-    import shutil
-
-    folder = tmp_path_factory.mktemp("photos")
-    (folder / "more").mkdir()
-    for name in ("lenna.png", "einstein.jpg", "breakingbad.jpg", "300w_image_0010.png"):
-        shutil.copy(shared / "faces" / "annotated" / name, folder / name)
-    shutil.copy(shared / "faces" / "misc" / "single_face.jpg", folder / "more" / "single_face.jpg")
-    return folder
-
-
 def test_search_returns_the_enrolled_photo_first_and_builds_add_incrementally(gallery_photos, tmp_path):
     gallery = tmp_path / "gallery"
     proc = run("index", "build", gallery_photos / "lenna.png", gallery_photos / "more", "--out", gallery, "--device", "cpu")
@@ -172,34 +159,6 @@ def test_match_lists_the_pairs_of_two_galleries_that_are_one_person(gallery_phot
     lenna = str((gallery_photos / "lenna.png").resolve())
     assert [(r["file_a"], r["file_b"]) for r in rows] == [(lenna, lenna)]
     assert float(rows[0]["similarity"]) > 0.99
-
-
-def test_a_ray_cluster_builds_the_same_gallery_as_a_plain_run(gallery_photos, tmp_path):
-    import shutil
-    import subprocess
-    import sys
-
-    from densemesh.gallery import Gallery
-
-    ray_cli = Path(sys.executable).with_name("ray")
-    if not ray_cli.exists():
-        ray_cli = shutil.which("ray")
-    port = "6391"
-    head = subprocess.run([str(ray_cli), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", port,
-                           "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"],
-                          capture_output=True, text=True)
-    assert head.returncode == 0, head.stderr
-    try:
-        proc = run("index", "build", gallery_photos, "--out", tmp_path / "ray", "--device", "cpu",
-                   "--ray", f"127.0.0.1:{port}")
-        assert proc.returncode == 0, proc.stderr
-    finally:
-        subprocess.run([str(ray_cli), "stop", "--force"], capture_output=True)
-    proc = run("index", "build", gallery_photos, "--out", tmp_path / "plain", "--device", "cpu")
-    assert proc.returncode == 0, proc.stderr
-    on_ray, plain = Gallery.load(tmp_path / "ray"), Gallery.load(tmp_path / "plain")
-    assert on_ray.faces == plain.faces and on_ray.files == plain.files and len(plain.faces) >= 5
-    np.testing.assert_allclose(on_ray.vectors, plain.vectors, atol=1e-5)
 
 
 def test_a_video_is_enrolled_frame_by_frame_and_found_by_a_later_frame(shared, tmp_path):
