@@ -107,39 +107,24 @@ class Reconstructor:
                        identities: torch.Tensor | None = None, focal: float | None = None,
                        start: FitState | None = None, photo: bool = True) -> tuple[FitState, dict]:
         """Landmark fit (+ refinement) of detections -> (FitState, timings). ``state.fitted`` (B,)
-        says per face what decided (see :meth:`trusted`): the landmark fit to MediaPipe's points,
-        or the network alone.
+        says per face what decided (:func:`densemesh.trust.decide`): the landmark fit to
+        MediaPipe's points, or the network alone.
 
         images: the image of each detection (a photo repeats its image; a video batch mixes
         frames of one size); identities (B, 100): fixed identities (a video track's), else solved;
         focal: px, else chosen from the faces; start: a previous frame's fit of the same faces to
-        start from (fewer iterations; it also stands in for the network when MediaPipe's points are
-        judged and weighted, so the network runs only where they are rejected); photo: a photo's
-        extra care, which a video does not take: the fit averaged with the network's answer (:func:`densemesh.trust.blend`; in a video the
-        network's frame-to-frame noise would add jitter) and rejected faces re-framed
-        (:func:`densemesh.trust.reframe_rejected`, ~0.3 s a face; their entries in ``detections``
-        are replaced).
+        start from (fewer iterations; it stands in for the network too); photo: a photo's extra
+        care, which a video does not take: rejected faces re-framed, and the fit averaged with the
+        network's answer (:func:`densemesh.trust.blend`; in a video the network's frame-to-frame
+        noise would add jitter).
         """
-        dev = self.device
-        timings = {}
-        state = None
-        if self.regressor is not None:
-            t0 = time.perf_counter()
-            state = start if start is not None else self.regressor.state(
-                images, np.stack([d.box for d in detections]), focal, self.fitter.config.camera_distance_cm)
-            focal = float(state.focal[0])
-            side_view = getattr(self.detector, "side_view", None)
-            if photo and side_view is not None:
-                state = trust.reframe_rejected(side_view, self.regressor, images, detections, state,
-                                               self.fitter.config.camera_distance_cm)
-        fitted = torch.tensor(self.trusted(detections, state), device=dev) & self.use_fit
-        redo = (~fitted).nonzero()[:, 0].tolist() if start is not None and self.regressor is not None else []
-        if redo:  # tracking: the network answers where MediaPipe's points are rejected
-            state = state.with_rows(redo, self.regressor.state(
-                [images[i] for i in redo], np.stack([detections[i].box for i in redo]), focal,
-                self.fitter.config.camera_distance_cm))
-        if self.regressor is not None:
-            timings["regress_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        state, fitted = trust.decide(self.regressor, images, detections, focal, self.fitter.config.camera_distance_cm,
+                                     start, getattr(self.detector, "side_view", None) if photo else None,
+                                     self.trusted, self.use_fit)
+        timings = {"regress_s": time.perf_counter() - t0} if self.regressor is not None else {}
+        focal = focal if state is None else float(state.focal[0])
+        fitted = fitted.to(self.device)
         rows = fitted.nonzero()[:, 0].tolist()
         if rows:
             begin = start if start is not None else state
@@ -153,10 +138,8 @@ class Reconstructor:
                 blend=(lambda s: trust.blend(s, net, identity=identities is None)) if photo and net is not None else None)
             timings.update(more)
             state = sub if state is None else state.with_rows(rows, sub)
-        if state is None:  # only without the network, and then every detection has landmarks
-            raise ValueError("detections without landmarks need the regressor")
         if identities is not None:  # a video track's locked identity also where the network answers
-            state.identity = torch.where(fitted[:, None], state.identity, identities.to(dev, torch.float32))
+            state.identity = torch.where(fitted[:, None], state.identity, identities.to(self.device, torch.float32))
         state.fitted = fitted
         return state, timings
 

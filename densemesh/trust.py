@@ -93,3 +93,28 @@ def reframe_rejected(side_view, regressor, images: list[np.ndarray], detections:
     again = regressor.state([images[i] for i in rows], np.stack([found[i] for i in rows]), float(net.focal[0]),
                             camera_distance_cm)
     return net.with_rows(rows, again)
+
+
+def decide(regressor, images: list[np.ndarray], detections: list[Detection], focal: float | None,
+           camera_distance_cm: float, start: FitState | None = None, side_view=None, judge=trusted,
+           landmarks: bool = True) -> tuple[FitState | None, torch.Tensor]:
+    """The network's answer for every detection (None without a ``regressor``) and (B,) bool:
+    where MediaPipe's landmarks decide (``judge``, default :func:`trusted`; never when
+    ``landmarks`` is False). start: a previous frame's fit of the same faces stands in for the
+    network, which then runs only where the landmarks are rejected; side_view: rejected faces
+    are re-framed first (:func:`reframe_rejected`, photos; those ``detections`` change)."""
+    net = None
+    if regressor is not None:
+        net = start if start is not None else regressor.state(
+            images, np.stack([d.box for d in detections]), focal, camera_distance_cm)
+        if side_view is not None:
+            net = reframe_rejected(side_view, regressor, images, detections, net, camera_distance_cm)
+    device = net.rotation.device if net is not None else None
+    fitted = torch.tensor(judge(detections, net), device=device) & landmarks
+    if net is None and not fitted.all():
+        raise ValueError("detections without landmarks need the regressor")
+    redo = (~fitted).nonzero()[:, 0].tolist() if start is not None and regressor is not None else []
+    if redo:
+        net = net.with_rows(redo, regressor.state([images[i] for i in redo], np.stack([detections[i].box for i in redo]),
+                                                  float(net.focal[0]), camera_distance_cm))
+    return net, fitted

@@ -16,7 +16,9 @@ identity  - identity vectors per second (dlib's ResNet on a chip from the 68 lan
 gallery   - 1:N search on synthetic galleries of random unit vectors (not faces: a face gallery
             clusters, so these numbers are the hard case for IVF-PQ): build time, memory per
             million faces, latency per query, and recall@1 against exact search for queries that
-            are gallery vectors plus noise (a second photo of the same person: cosine ~0.95).
+            are gallery vectors plus noise: cosine 0.95 (a second photo of the same person: the
+            median same-person similarity is 0.977) and 0.90 (harder: below the same-person
+            threshold 0.94).
 Run on an otherwise idle machine; the numbers are wall-clock.
 """
 from __future__ import annotations
@@ -184,6 +186,9 @@ def bench_identity() -> None:
           f"compare two photos {1000 * whole:.0f} ms")
 
 
+QUERY_COSINES = (0.95, 0.90)  # similarity of a bench query to the gallery vector it should find
+
+
 def bench_gallery(sizes: list[int]) -> None:
     import faiss
 
@@ -195,20 +200,24 @@ def bench_gallery(sizes: list[int]) -> None:
         vectors = rng.standard_normal((n, 128), dtype=np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         truth = rng.choice(n, 200, replace=False)
-        queries = vectors[truth] + rng.standard_normal((200, 128), dtype=np.float32) * 0.028
-        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+        queries = {}
+        for cosine in QUERY_COSINES:  # noise of std s per axis: cosine ~ 1 / sqrt(1 + 128 s^2)
+            noisy = vectors[truth] + rng.standard_normal((200, 128), dtype=np.float32) * np.sqrt((cosine ** -2 - 1) / 128)
+            queries[cosine] = noisy / np.linalg.norm(noisy, axis=1, keepdims=True)
         for kind, exact in (("exact (IndexFlatIP)", True), ("IVF-PQ", False)):
             t0 = time.perf_counter()
             index = gallery.build_index(vectors, exact)
             built = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            _, rows = index.search(queries, 1)
-            per_query = (time.perf_counter() - t0) / len(queries)
-            recall = float((rows[:, 0] == truth).mean())
+            recall = {}
+            for cosine, q in queries.items():
+                t0 = time.perf_counter()
+                _, rows = index.search(q, 1)
+                per_query = (time.perf_counter() - t0) / len(q)  # the last (hardest) queries' time is printed
+                recall[cosine] = float((rows[:, 0] == truth).mean())
             size = faiss.serialize_index(index).nbytes
             print(f"  {n:>10,d} faces, {kind:20s} build {built:6.1f} s, {size / n * 1e6 / 2**20:6.0f} MiB per million, "
                   f"{1000 * per_query:7.2f} ms per query (batches of 200: M:N {n / per_query:.1e} face pairs/s), "
-                  f"recall@1 {recall:.3f}")
+                  + ", ".join(f"recall@1 {r:.3f} at cosine {c:.2f}" for c, r in recall.items()))
 
 
 def main(argv=None) -> int:
