@@ -425,17 +425,19 @@ class MediaPipeDetector:
                 if not any(k[0] <= x and k[1] <= y and x + side <= k[2] and y + side <= k[3] for k in known)]
 
     def _tiles(self, image: np.ndarray, known: list[np.ndarray] = ()) -> tuple[list[Detection], dict]:
-        """The landmarker's finds in the tiles of :meth:`_tile_grid` (outside ``known``; faces
-        cut by a tile's edge left to the tile that holds them whole), and the face detector's finds per tile
-        ({(x, y, side): [(box, score)]}, tile px). The landmarker runs the same face detector
-        first, so it only runs on tiles where that finds a face near its own threshold
-        (TILE_LANDMARKER_GATE): most tiles hold none."""
+        """The landmarker's finds in the tiles of :meth:`_tile_grid` (outside ``known``, the found
+        faces' head boxes; faces cut by a tile's edge left to the tile that holds them whole), and
+        the face detector's finds per tile ({(x, y, side): [(box, score)]}, tile px). The
+        landmarker runs the same face detector first, so it only runs on tiles where that finds a
+        face near its own threshold (TILE_LANDMARKER_GATE) that is not a ``known`` one: most
+        tiles hold none."""
         h, w = image.shape[:2]
         found, finds = [], {}
+        gate = self.TILE_LANDMARKER_GATE * self.min_confidence
         for x, y, side in self._tile_grid(h, w, known):
             tile = image[y:y + side, x:x + side]
             finds[x, y, side] = self._detector_boxes(tile, (False,))
-            if not any(sc >= self.TILE_LANDMARKER_GATE * self.min_confidence for _, sc in finds[x, y, side]):
+            if all(sc < gate or any(same_face(b + (x, y, x, y), k) for k in known) for b, sc in finds[x, y, side]):
                 continue
             margin = 0.01 * side
             for det in self._run(tile, None):

@@ -5,8 +5,9 @@ in unit tests).
     python tools/bench.py [--only image,regressor,video,memory,identity,gallery] [--gallery-sizes 1000000]
 
 image     - per-stage CPU time per face of the photo pipeline (detection, regression, landmark
-            fit, description: visibility, 68 points, colours), and refine fast / full, on the
-            astronaut (median of repeated runs, models loaded once);
+            fit, description: visibility, 68 points, colours) with search="fast", the whole
+            photo also with the default search="thorough" (tiles for small faces), and refine
+            fast / full, on the astronaut (median of repeated runs, models loaded once);
 regressor - the network on one face crop: ONNX Runtime (1 thread) and PyTorch, batch 1 and 64;
 video     - frames/s of the video pipeline (no refinement) on a talking-head clip resized to
             480p and 720p, with and without per-frame OBJ files;
@@ -69,7 +70,8 @@ def bench_image() -> None:
 
     image = data.astronaut()
     mp = mediapipe_landmarker_seconds([image])
-    with Reconstructor(device="cpu", refine="none", search="fast") as rec:
+    with Reconstructor(device="cpu", refine="none", search="fast") as rec, \
+            Reconstructor(device="cpu", refine="none") as thorough:
         dets = rec.detector.detect(image)
         state = rec.fit_detections([image], dets, refine="none")[0]
         stages = {
@@ -79,8 +81,10 @@ def bench_image() -> None:
             "fit (network + trust + LM + average)": lambda: rec.fit_detections([image], dets, refine="none"),
             "describe (visibility, 68 pts, colours)": lambda: rec.reconstruct_detections([image], dets, state=state),
             "whole photo, refine=none": lambda: rec(image),
+            "whole photo, refine=none, thorough search": lambda: thorough(image),
         }
-        print(f"photo pipeline on the astronaut (1 face), CPU, median of 5; MediaPipe's landmarker alone "
+        print(f"photo pipeline on the astronaut (1 face), CPU, search='fast' unless said (the default, "
+              f"'thorough', adds tiles for small faces), median of 5; MediaPipe's landmarker alone "
               f"{1000 * mp:.1f} ms in the same run:")
         for name, fn in stages.items():
             t = timed(fn)
