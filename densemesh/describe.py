@@ -12,6 +12,7 @@ from densemesh.detect import Detection
 from densemesh.facemodel import FaceModel, vertex_facing
 from densemesh.fit import FitState
 from densemesh.quality import face_quality
+from densemesh.raycast import RayCaster
 from densemesh.result import FaceResult, Pose
 
 #: z-buffer resolution (px, square crop round each face) for per-vertex visibility on a GPU (the
@@ -21,14 +22,15 @@ VISIBILITY_SIZE = 256
 
 @torch.no_grad()
 def describe(model: FaceModel, images: list[np.ndarray], detections: list[Detection], state: FitState,
-             texture: bool = False) -> list[FaceResult]:
+             texture: bool = False, caster: RayCaster | None = None) -> list[FaceResult]:
     """One FaceResult per detection; images: the (H, W, 3) uint8 RGB image of each (one size).
-    ``state.fitted`` (B,) bool says what decided each face (``FaceResult.source``)."""
+    ``state.fitted`` (B,) bool says what decided each face (``FaceResult.source``); caster: the
+    CPU's visibility rays in a child process (a video's)."""
     vertices = model.decode(state.identity, state.expression)
     cam = camera.model_to_camera(vertices, state.rotation, state.translation)
     uv = camera.project(cam, state.focal, state.principal)
     facing = vertex_facing(cam, model.faces)
-    visible = visibility(model, cam, uv, state, images[0].shape[:2], facing)
+    visible = visibility(model, cam, uv, state, images[0].shape[:2], facing, caster)
     ids68 = model.contour_landmarks(cam, uv, facing)
     rows = torch.arange(len(detections), device=cam.device)[:, None]
     fitted = state.fitted.tolist() if state.fitted is not None else [True] * len(detections)
@@ -71,7 +73,7 @@ def fit_error(model: FaceModel, uv: torch.Tensor, detections: list[Detection], f
 
 
 def visibility(model: FaceModel, cam: torch.Tensor, uv: torch.Tensor, state: FitState,
-               image_hw: tuple[int, int], facing: torch.Tensor) -> torch.Tensor:
+               image_hw: tuple[int, int], facing: torch.Tensor, caster: RayCaster | None = None) -> torch.Tensor:
     """(B, N) bool visibility inside the image (:func:`densemesh.render.visibility`), per face in
     a square crop of VISIBILITY_SIZE px (a GPU's z-buffer: bounded cost on huge images). cam
     (B, N, 3) cm, uv (B, N, 2) px."""
@@ -79,7 +81,7 @@ def visibility(model: FaceModel, cam: torch.Tensor, uv: torch.Tensor, state: Fit
     k = torch.tensor([VISIBILITY_SIZE / (b[2] - b[0]) for b in boxes], dtype=cam.dtype, device=cam.device)
     origin = torch.tensor(np.stack([b[:2] for b in boxes]), dtype=cam.dtype, device=cam.device)
     crop_vis = render.visibility(cam, model.faces, state.focal * k, (state.principal - origin) * k[:, None],
-                                 (VISIBILITY_SIZE, VISIBILITY_SIZE), facing)
+                                 (VISIBILITY_SIZE, VISIBILITY_SIZE), facing, caster=caster)
     h, w = image_hw
     inside = (uv[..., 0] > -0.5) & (uv[..., 0] < w - 0.5) & (uv[..., 1] > -0.5) & (uv[..., 1] < h - 0.5)
     return crop_vis & inside

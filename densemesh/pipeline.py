@@ -147,15 +147,15 @@ class Reconstructor:
 
     def reconstruct_detections(self, images: list[np.ndarray], detections: list[Detection],
                                refine: str | None = None, identities: torch.Tensor | None = None,
-                               state: FitState | None = None, photo: bool = True) -> list[FaceResult]:
+                               state: FitState | None = None, photo: bool = True, caster=None) -> list[FaceResult]:
         """Fit, refine and describe detections; images: the (H, W, 3) uint8 RGB image of each.
         ``state`` skips the fit (e.g. parameters a video filter smoothed); photo: as for
-        :meth:`fit_detections`."""
+        :meth:`fit_detections`; caster: see :func:`densemesh.describe.describe`."""
         timings = {}
         if state is None:
             state, timings = self.fit_detections(images, detections, refine, identities, photo=photo)
         t0 = time.perf_counter()
-        results = describe(self.model, images, detections, state, self.texture)
+        results = describe(self.model, images, detections, state, self.texture, caster)
         timings["describe_s"] = time.perf_counter() - t0
         for r in results:
             r.timings.update(timings)

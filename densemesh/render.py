@@ -10,10 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from densemesh import camera
+from densemesh import camera, raycast
 from densemesh.facemodel import vertex_facing, vertex_normals
-
-VISIBILITY_TOLERANCE_CM = 0.3  # a vertex this close behind the nearest surface still counts as visible
+from densemesh.raycast import VISIBILITY_TOLERANCE_CM
 
 
 BACKENDS = ("auto", "pytorch3d", "open3d")
@@ -130,13 +129,15 @@ def sample_map(values: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
 
 
 def visibility(vertices: torch.Tensor, faces: torch.Tensor, focal: torch.Tensor, principal: torch.Tensor,
-               image_size: tuple[int, int], facing: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
+               image_size: tuple[int, int], facing: torch.Tensor | None = None, backend: str = "auto",
+               caster: raycast.RayCaster | None = None) -> torch.Tensor:
     """(B, N) bool: the vertex projects inside the image, faces the camera and is not hidden by
     the surface. vertices (B, N, 3) camera cm; facing (B, N): :func:`densemesh.facemodel.vertex_facing`,
     computed when not given. Backends as for :func:`rasterize`: "open3d" casts one ray per vertex
-    from the camera centre (Embree) - visible where the first surface it meets lies within
-    VISIBILITY_TOLERANCE_CM of the vertex (exact, and 8k rays instead of a raster);
-    "pytorch3d" compares with the z-buffer at the vertex's pixel or a 4-neighbour."""
+    from the camera centre (Embree; :mod:`densemesh.raycast`, in ``caster``'s child process when
+    given) - visible where the first surface it meets lies within VISIBILITY_TOLERANCE_CM of the
+    vertex (exact, and 8k rays instead of a raster); "pytorch3d" compares with the z-buffer at
+    the vertex's pixel or a 4-neighbour."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
@@ -147,7 +148,9 @@ def visibility(vertices: torch.Tensor, faces: torch.Tensor, focal: torch.Tensor,
     if facing is None:
         facing = vertex_facing(vertices, faces)
     if backend == "open3d":
-        return inside & (facing < 0) & _unoccluded_open3d(vertices, faces)
+        v = vertices.detach().cpu().numpy()
+        clear = caster.unoccluded(v) if caster is not None else raycast.unoccluded(v, faces.cpu().numpy())
+        return inside & (facing < 0) & torch.from_numpy(clear).to(vertices.device)
     depth = rasterize(vertices, faces, focal, principal, image_size, backend).depth  # (B, H, W)
     batch = torch.arange(vertices.shape[0], device=vertices.device)[:, None]
     nearest = torch.full(vertices.shape[:2], float("inf"), device=vertices.device)
@@ -156,23 +159,6 @@ def visibility(vertices: torch.Tensor, faces: torch.Tensor, focal: torch.Tensor,
         py = (uv[..., 1].round() + dy).clamp(0, h - 1).long()
         nearest = torch.minimum(nearest, depth[batch, py, px])
     return inside & (facing < 0) & (vertices[..., 2] <= nearest + VISIBILITY_TOLERANCE_CM)
-
-
-def _unoccluded_open3d(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """(B, N) bool: the ray from the camera centre to each vertex meets no surface more than
-    VISIBILITY_TOLERANCE_CM before it."""
-    import open3d as o3d
-
-    tris = o3d.core.Tensor(faces.cpu().numpy().astype(np.uint32))
-    out = []
-    for v in vertices.detach().cpu().numpy().astype(np.float32):
-        scene = o3d.t.geometry.RaycastingScene()
-        scene.add_triangles(o3d.core.Tensor(v), tris)
-        dist = np.linalg.norm(v, axis=1)
-        rays = np.concatenate([np.zeros_like(v), v / np.maximum(dist, 1e-6)[:, None]], 1)
-        hit = scene.cast_rays(o3d.core.Tensor(rays))["t_hit"].numpy()
-        out.append(hit >= dist - VISIBILITY_TOLERANCE_CM)
-    return torch.from_numpy(np.stack(out)).to(vertices.device)
 
 
 def sh_basis(normals: torch.Tensor) -> torch.Tensor:

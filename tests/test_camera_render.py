@@ -102,6 +102,28 @@ def test_ray_visibility_is_the_fine_z_buffer_limit(face_model, posed):
     assert 0.3 < rays.float().mean() < 0.9
 
 
+def test_the_ray_caster_child_answers_as_this_process_does_and_a_dead_one_is_replaced(face_model, posed):
+    """A video casts the visibility rays in a child process (densemesh.raycast.RayCaster): the
+    same answer as casting here; when the child dies, this process casts, with the same answer."""
+    from densemesh import raycast
+    from densemesh.raycast import RayCaster
+
+    cam, f, c, size = posed
+    here = render.visibility(cam, face_model.faces, f, c, size, backend="open3d")
+    with RayCaster(face_model.faces.numpy()) as caster:
+        child = caster._child
+        assert torch.equal(render.visibility(cam, face_model.faces, f, c, size, backend="open3d", caster=caster), here)
+        child.kill()
+        child.wait()
+        assert torch.equal(render.visibility(cam, face_model.faces, f, c, size, backend="open3d", caster=caster), here)
+        assert caster._child is None
+    with RayCaster(face_model.faces.numpy()) as caster:
+        child = caster._child
+        np.testing.assert_array_equal(caster.unoccluded(cam.numpy()), raycast.unoccluded(cam.numpy(), face_model.faces.numpy()))
+        assert caster._child is child  # the child answered
+    assert child.poll() is not None  # closed with its caster
+
+
 def test_vertex_normals_sum_the_adjacent_face_normals(face_model, posed):
     cam = posed[0]
     tri = cam[:, face_model.faces]

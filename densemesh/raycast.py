@@ -1,0 +1,117 @@
+"""Per-vertex occlusion by ray casting (Embree, through Open3D) - in this process, or in a child
+process that keeps a video's other threads running.
+
+Open3D holds Python's global lock while it builds the ray-casting tree and casts (about 8 ms for
+an 8k-vertex face on one core), and every torch operation of the fit thread needs that lock, so
+beside a video's fit it costs far more than its own time (tools/bench.py: the fit thread's
+frame went from 48 to 30 ms with the casting in a child). :class:`RayCaster` sends the vertices
+over a pipe to ``python -m densemesh.raycast`` and reads the answer; if the child is gone it
+casts in this process, with the same result.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+#: a vertex this close behind the nearest surface on its ray still counts as visible
+VISIBILITY_TOLERANCE_CM = 0.3
+
+
+def unoccluded(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """(B, N) bool: the ray from the camera centre (the origin) to each vertex meets no surface
+    more than VISIBILITY_TOLERANCE_CM before it. vertices (B, N, 3) camera cm, faces (T, 3)."""
+    import open3d as o3d
+
+    tris = o3d.core.Tensor(np.asarray(faces, np.uint32))
+    out = []
+    for v in np.asarray(vertices, np.float32):
+        scene = o3d.t.geometry.RaycastingScene()
+        scene.add_triangles(o3d.core.Tensor(v), tris)
+        dist = np.linalg.norm(v, axis=1)
+        rays = np.concatenate([np.zeros_like(v), v / np.maximum(dist, 1e-6)[:, None]], 1)
+        hit = scene.cast_rays(o3d.core.Tensor(rays))["t_hit"].numpy()
+        out.append(hit >= dist - VISIBILITY_TOLERANCE_CM)
+    return np.stack(out)
+
+
+class RayCaster:
+    """:func:`unoccluded` for one mesh topology (faces (T, 3)) in a child process; one caller at a
+    time. Use as a context manager or call :meth:`close`."""
+
+    def __init__(self, faces: np.ndarray):
+        self.faces = np.ascontiguousarray(faces, np.int32)
+        package_root = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+        try:
+            self._child = subprocess.Popen([sys.executable, "-m", "densemesh.raycast"], stdin=subprocess.PIPE,
+                                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+            self._child.stdin.write(struct.pack("<i", len(self.faces)) + self.faces.tobytes())
+            self._child.stdin.flush()
+        except OSError:
+            self._child = None
+
+    def unoccluded(self, vertices: np.ndarray) -> np.ndarray:
+        """(B, N, 3) camera cm -> (B, N) bool, as :func:`unoccluded`."""
+        v = np.ascontiguousarray(vertices, np.float32)
+        if self._child is not None:
+            try:
+                self._child.stdin.write(struct.pack("<ii", *v.shape[:2]) + v.tobytes())
+                self._child.stdin.flush()
+                answer = self._child.stdout.read(v.shape[0] * v.shape[1])
+                if len(answer) == v.shape[0] * v.shape[1]:
+                    return np.frombuffer(answer, np.bool_).reshape(v.shape[:2]).copy()
+            except OSError:
+                pass
+            self.close()  # the child died: this process casts from now on
+        return unoccluded(v, self.faces)
+
+    def close(self) -> None:
+        child, self._child = self._child, None
+        if child is not None:
+            try:
+                child.stdin.close()
+                child.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                child.kill()
+                child.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _serve() -> None:
+    """The child: faces once, then (B, N, vertices) requests answered with B * N bools, until the
+    pipe closes. Ctrl-C goes to the parent, which closes the pipe."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    source, sink = sys.stdin.buffer, sys.stdout.buffer
+
+    def read(size: int) -> bytes:
+        data = source.read(size)
+        if len(data) < size:
+            raise EOFError
+        return data
+
+    try:
+        (count,) = struct.unpack("<i", read(4))
+        faces = np.frombuffer(read(12 * count), np.int32).reshape(count, 3)
+        while True:
+            b, n = struct.unpack("<ii", read(8))
+            vertices = np.frombuffer(read(12 * b * n), np.float32).reshape(b, n, 3)
+            sink.write(unoccluded(vertices, faces).tobytes())
+            sink.flush()
+    except (EOFError, BrokenPipeError):
+        return
+
+
+if __name__ == "__main__":
+    _serve()
