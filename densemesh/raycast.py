@@ -45,6 +45,9 @@ class RayCaster:
 
     def __init__(self, faces: np.ndarray):
         self.faces = np.ascontiguousarray(faces, np.int32)
+        self._child = None
+        if not Path(sys.executable).name.lower().startswith("python"):  # embedded (e.g. Blender): cast here
+            return
         package_root = str(Path(__file__).resolve().parents[1])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
         try:
@@ -53,7 +56,7 @@ class RayCaster:
             self._child.stdin.write(struct.pack("<i", len(self.faces)) + self.faces.tobytes())
             self._child.stdin.flush()
         except OSError:
-            self._child = None
+            self.close()
 
     def unoccluded(self, vertices: np.ndarray) -> np.ndarray:
         """(B, N, 3) camera cm -> (B, N) bool, as :func:`unoccluded`."""

@@ -124,6 +124,18 @@ def test_the_ray_caster_child_answers_as_this_process_does_and_a_dead_one_is_rep
     assert child.poll() is not None  # closed with its caster
 
 
+def test_an_embedded_interpreter_casts_the_rays_in_its_own_process(face_model, posed, monkeypatch):
+    """Inside e.g. Blender, sys.executable is not a Python that runs ``-m densemesh.raycast``."""
+    from densemesh.raycast import RayCaster
+
+    cam, f, c, size = posed
+    monkeypatch.setattr("sys.executable", "/opt/blender/blender")
+    with RayCaster(face_model.faces.numpy()) as caster:
+        assert caster._child is None
+        assert torch.equal(render.visibility(cam, face_model.faces, f, c, size, backend="open3d", caster=caster),
+                           render.visibility(cam, face_model.faces, f, c, size, backend="open3d"))
+
+
 def test_vertex_normals_sum_the_adjacent_face_normals(face_model, posed):
     cam = posed[0]
     tri = cam[:, face_model.faces]
