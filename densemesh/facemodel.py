@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,24 @@ import torch
 #: The shipped asset (densemesh/templates links to the repository's templates/ folder).
 ASSET = Path(__file__).resolve().parent / "templates" / "face_model.npz"
 TOPOLOGIES = ("face", "head")
+
+
+@dataclass
+class MeshPart:
+    """A piece of a face model's mesh (:meth:`FaceModel.part`): ids (V,) of its vertices in the
+    model, faces (T', 3) its triangles in local ids, local (N,) model id -> local id (-1 outside),
+    and its own mean (V, 3) cm and bases (100 + 53, V * 3), so decoding it costs V, not N."""
+
+    ids: torch.Tensor
+    faces: torch.Tensor
+    local: torch.Tensor
+    mean: torch.Tensor
+    basis: torch.Tensor
+
+    def decode(self, identity: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:
+        """identity (B, 100), expression (B, 53) -> (B, V, 3) model cm."""
+        coeffs = torch.cat([identity, expression], 1).to(self.mean)
+        return (self.mean.reshape(-1) + coeffs @ self.basis).view(len(coeffs), -1, 3)
 
 
 class FaceModel(torch.nn.Module):
@@ -193,6 +212,25 @@ class FaceModel(torch.nn.Module):
             self._mirror = (torch.as_tensor(identity, dtype=torch.float32),
                             torch.tensor([self.expression_names.index(n) for n in partner]))
         return self._mirror
+
+    def part(self, vertices: torch.Tensor, extra: torch.Tensor | None = None) -> MeshPart:
+        """The piece of the mesh round ``vertices`` (ids, any shape): every triangle touching
+        them, with the vertices of ``extra`` added - enough for the normals at ``vertices``
+        without decoding the whole face (see :class:`MeshPart`)."""
+        touching = torch.isin(self.faces, vertices.flatten()).any(1)
+        parts = [self.faces[touching].flatten()] + ([] if extra is None else [extra.flatten()])
+        ids = torch.unique(torch.cat(parts))
+        local = torch.full((self.num_vertices,), -1, dtype=torch.long, device=ids.device)
+        local[ids] = torch.arange(len(ids), device=ids.device)
+        basis = torch.cat([self.identity_basis[:, ids], self.expression_basis[:, ids]]).reshape(-1, len(ids) * 3)
+        return MeshPart(ids, local[self.faces[touching]], local, self.mean[ids], basis)
+
+    def mediapipe_part(self) -> MeshPart:
+        """The :meth:`part` round the vertices MediaPipe's 468 points lie between, made once per
+        model (their facing is needed every tracked frame; decoding only it: 1.9 -> 0.6 ms)."""
+        if getattr(self, "_mediapipe_part", None) is None:
+            self._mediapipe_part = self.part(self.mediapipe_vertex_ids)
+        return self._mediapipe_part
 
     def region_mask(self, name: str) -> torch.Tensor:
         """(N,) bool: vertices of a region ("forehead", "brow_left", "eye_right", "nose", "mouth",

@@ -153,12 +153,8 @@ class LandmarkFitter:
         # the lid columns' neighbourhood (their vertices, every face touching them, the outer eye
         # corners): enough to slide the lid points without decoding the whole face
         lines = model.mediapipe_lid_lines
-        touching = torch.isin(model.faces, lines.flatten()).any(1)
-        sub = torch.unique(torch.cat([model.faces[touching].flatten(), model.ibug68[[36, 45]]]))
-        local = torch.full((model.num_vertices,), -1, dtype=torch.long, device=sub.device)
-        local[sub] = torch.arange(len(sub), device=sub.device)
-        self._lid_vertices, self._lid_faces = sub, local[model.faces[touching]]
-        self._lid_lines, self._lid_corners = local[lines], local[model.ibug68[[36, 45]]]
+        self._lids = model.part(lines, model.ibug68[[36, 45]])
+        self._lid_lines, self._lid_corners = self._lids.local[lines], self._lids.local[model.ibug68[[36, 45]]]
         weights = torch.ones(len(ids))
         weights[list(MEDIAPIPE_OVAL)] = self.config.oval_weight
         self.point_weights = weights.to(self.mean_k)
@@ -196,12 +192,11 @@ class LandmarkFitter:
     def slide_lids(self, state: FitState) -> torch.Tensor:
         """(B, M) vertex ids where MediaPipe's M eyelid-contour points meet the posed model: the
         visible lid edge (:func:`densemesh.facemodel.lid_edge`), not a fixed surface point."""
-        sub = self._lid_vertices
-        coeffs = torch.cat([state.identity, state.expression], 1)
-        verts = self.model.mean[sub] + torch.einsum("ncp,bp->bnc", self.vertex_basis[sub], coeffs)
-        cam = camera.model_to_camera(verts, state.rotation, state.translation)
+        sub = self._lids.ids
+        cam = camera.model_to_camera(self._lids.decode(state.identity, state.expression), state.rotation,
+                                     state.translation)
         uv = camera.project(cam, state.focal, state.principal)
-        facing = vertex_facing(cam, self._lid_faces)
+        facing = vertex_facing(cam, self._lids.faces)
         lines = self._lid_lines
         pick = lid_edge(uv[:, lines], facing[:, lines], self.model.mediapipe_lid_upper, uv[:, self._lid_corners])
         return sub[torch.gather(lines.expand(len(uv), -1, -1), 2, pick[..., None])[..., 0]]

@@ -61,8 +61,10 @@ def point_weights(model: FaceModel, net: FitState) -> torch.Tensor:
     """(B, 468) weights of MediaPipe's points in the landmark fit from the network's pose:
     1 where the surface point faces the camera, falling to 0 at the silhouette and behind it
     (MediaPipe places hidden points on the visible outline, where they do not belong)."""
-    cam = camera.model_to_camera(model.decode(net.identity, net.expression), net.rotation, net.translation)
-    facing = model.landmarks(vertex_facing(cam, model.faces)[..., None], "mediapipe")[..., 0]
+    part = model.mediapipe_part()
+    cam = camera.model_to_camera(part.decode(net.identity, net.expression), net.rotation, net.translation)
+    corners = vertex_facing(cam, part.faces)[:, part.local[model.mediapipe_vertex_ids]]  # (B, 468, 3)
+    facing = (corners * model.mediapipe_weights).sum(-1)
     return (-facing / FACING_FULL_WEIGHT).clamp(0.0, 1.0)
 
 
