@@ -57,6 +57,15 @@ def _ray_option(parser, what: str) -> None:
                              "(see densemesh.distributed)")
 
 
+def _reach_cluster(args) -> None:
+    """With --ray: join the cluster before anything is drawn or written (ConnectionError, one
+    line, if none answers)."""
+    if args.ray is not None:
+        from densemesh.distributed import connect
+
+        connect(args.ray)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from densemesh.identity import MIN_QUALITY, SAME_PERSON_THRESHOLD  # light: no models, no torch
 
@@ -251,6 +260,7 @@ def cmd_index_build(args) -> int:
         gallery = Gallery.load(args.out) if (args.out / "CURRENT").exists() else Gallery.empty()
     except GalleryError as err:
         raise UsageError(str(err)) from None
+    _reach_cluster(args)
     with tqdm(total=len(photos), unit="photo", disable=None) as bar:
         progress = lambda k, n: bar.update(k - bar.n)  # noqa: E731
         if args.ray is not None:
@@ -373,6 +383,7 @@ def _reconstruct_folder(args, images: list[Path]) -> int:
 
     from densemesh.export import write_json
 
+    _reach_cluster(args)
     with tqdm(total=len(images), desc="images", unit="img", file=sys.stderr) as bar, \
             contextlib.ExitStack() as stack:
         texture = "obj" in args.format
@@ -524,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("compare", "search", "match"):
             return {"compare": cmd_compare, "search": cmd_search, "match": cmd_match}[args.command](args)
         return cmd_reconstruct(args)
-    except UsageError as err:
+    except (UsageError, ConnectionError) as err:  # ConnectionError: --ray's cluster does not answer
         print(f"densemesh: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

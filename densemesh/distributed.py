@@ -13,16 +13,30 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from pathlib import Path
 
 MAX_RETRIES = 2
+CONNECT_TIMEOUT_S = 5.0
 
 
 class WorkerDied(RuntimeError):
     """A file whose worker died on every try (a crash or the machine's memory killer)."""
 
 
-def _connect(address: str):
+class ClusterUnreachable(ConnectionError):
+    """No Ray cluster answers at the address given (one-line message)."""
+
+
+def connect(address: str):
+    """Join (or, for "local", start) the Ray cluster at ``address``; -> the ``ray`` module.
+    ClusterUnreachable when none answers. Safe to call again."""
+    host, _, port = address.rpartition(":")
+    if host and port.isdigit():  # a head's HOST:PORT: fail in seconds, not after Ray's minutes of retries
+        try:
+            socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        except OSError as err:
+            raise ClusterUnreachable(f"no Ray cluster answers at {address} ({err.strerror or err})") from None
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if (Path.home() / ".ray" / "auth_token").is_file():  # a cluster started where a token exists wants it
         os.environ.setdefault("RAY_AUTH_MODE", "token")
@@ -33,7 +47,10 @@ def _connect(address: str):
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
                      logging_level=logging.ERROR)
         else:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+            try:
+                ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+            except ConnectionError as err:  # e.g. "auto" with no cluster on this machine
+                raise ClusterUnreachable(f"no Ray cluster at {address!r}: {str(err).splitlines()[0]}") from None
     return ray
 
 
@@ -44,7 +61,7 @@ def map_on_ray(address: str, setup, work, items: list, progress=None):
     yields (item, :class:`WorkerDied`). progress(done, total) after each item."""
     if not items:
         return
-    ray = _connect(address)
+    ray = connect(address)
 
     @ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=MAX_RETRIES)
     class Worker:

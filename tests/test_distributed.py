@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_cli import run
+from test_cli import assert_one_line_error, run
 
 PORT = "6391"
 
@@ -88,3 +88,15 @@ def test_a_worker_that_dies_is_restarted_and_its_file_retried(ray_cluster, tmp_p
     assert sorted(done) == ["a", "always", "b", "c", "once"]
     assert {k: v[0] for k, v in done.items() if k != "always"} == {"a": "A", "once": "ONCE", "b": "B", "c": "C"}
     assert isinstance(done["always"], WorkerDied) and f"died {MAX_RETRIES + 1} times" in str(done["always"])
+
+
+def test_an_address_where_no_cluster_answers_gets_one_line_and_nothing_written(tmp_path):
+    from PIL import Image
+    from skimage import data
+
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(data.astronaut()).save(tmp_path / "photos" / "astronaut.png")
+    for command in (("reconstruct", tmp_path / "photos"), ("index", "build", tmp_path / "photos")):
+        proc = run(*command, "--out", tmp_path / "out", "--ray", "127.0.0.1:1")
+        assert_one_line_error(proc, "no Ray cluster answers at 127.0.0.1:1")
+        assert not (tmp_path / "out").exists()
