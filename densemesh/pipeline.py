@@ -68,8 +68,6 @@ class Reconstructor:
         self.texture = texture
         self.use_fit = fit
         self.model = FaceModel.load("face").to(self.device)
-        if self.device.type == "cpu":
-            import open3d  # noqa: F401 - loaded with the models (the CPU's visibility rays; 1.4 s)
         self.fitter = LandmarkFitter(self.model, fit_config)
         self.regressor = None
         if regressor is not None:

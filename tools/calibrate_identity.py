@@ -27,35 +27,41 @@ sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared"
 
 
-def collect(comparer, every: int, utk: int):
-    """-> vectors (F, 128), person id (F,) (-1 - k for the k-th UTKFace photo), calibration mask (F,)."""
-    from densemesh.identity import NoFaceError, FaceQualityError
+def labelled_images(every: int, utk: int):
+    """The faces the identity tools score: every ``every``-th frame of each talking-head clip
+    (person: the clip's number; the first half of its frames calibrates) and ``utk`` UTKFace
+    photos spread over the set (person -1 - k for the k-th; the even ones calibrate).
+    Yields (RGB image, person, calibrates)."""
+    from densemesh.image import load_image
     from densemesh.video import VideoReader
 
-    vectors, person, calib = [], [], []
     for pid, clip in enumerate(sorted(glob.glob(str(SHARED / "video" / "talking_*.mp4")))):
         reader = VideoReader(clip)
         frames = [f.image for f in reader.frames() if f.index % every == 0]
         reader.close()
         for i, image in enumerate(frames):
-            try:
-                _, v = comparer.face(image)
-            except (NoFaceError, FaceQualityError):
-                continue
-            vectors.append(v), person.append(pid), calib.append(i < len(frames) / 2)
-        print(f"  {Path(clip).name}: {sum(p == pid for p in person)} of {len(frames)} frames", flush=True)
+            yield image, pid, i < len(frames) / 2
     photos = sorted(glob.glob(str(SHARED / "faces" / "utkface" / "*.jpg")))
-    step = max(1, len(photos) // utk)
-    kept = 0
-    for k, path in enumerate(photos[::step][:utk]):
+    for k, path in enumerate(photos[::max(1, len(photos) // utk)][:utk]):
+        yield load_image(path), -1 - k, k % 2 == 0
+
+
+def collect(comparer, every: int, utk: int):
+    """-> vectors (F, 128), person id (F,) (-1 - k for the k-th UTKFace photo), calibration mask (F,)."""
+    from densemesh.identity import FaceQualityError, NoFaceError
+
+    vectors, person, calib, seen = [], [], [], 0
+    for image, pid, calibrates in labelled_images(every, utk):
+        seen += 1
         try:
-            _, v = comparer.face(path)
+            _, v = comparer.face(image)
         except (NoFaceError, FaceQualityError):
             continue
-        vectors.append(v), person.append(-1 - k), calib.append(k % 2 == 0)
-        kept += 1
-    print(f"  UTKFace: {kept} of {min(utk, len(photos[::step]))} photos", flush=True)
-    return np.stack(vectors), np.array(person), np.array(calib)
+        vectors.append(v), person.append(pid), calib.append(calibrates)
+    person = np.array(person)
+    print(f"  {len(person)} of {seen} faces kept: {(person >= 0).sum()} clip frames, {(person < 0).sum()} UTKFace photos",
+          flush=True)
+    return np.stack(vectors), person, np.array(calib)
 
 
 def pair_scores(vectors, person, mask):

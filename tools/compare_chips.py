@@ -18,7 +18,6 @@ same-person pairs of a frontal face and a profile).
 from __future__ import annotations
 
 import argparse
-import glob
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -67,38 +66,24 @@ def frontal_view(model, image: np.ndarray, face) -> tuple[np.ndarray, np.ndarray
 
 def collect(comparer, every: int, utk: int):
     """-> vectors {"2d", "3d"} (F, 128), person (F,) (-1 - k: the k-th UTKFace photo), yaw (F,) deg,
-    calibration mask (F,)."""
+    calibration mask (F,), for the faces of :func:`calibrate_identity.labelled_images`."""
+    from calibrate_identity import labelled_images
+
     from densemesh.identity import FaceQualityError, NoFaceError
-    from densemesh.video import VideoReader
 
     model = comparer.reconstructor.model
     vectors, person, yaw, calib = {"2d": [], "3d": []}, [], [], []
-
-    def add(image, pid, in_calibration):
+    for image, pid, calibrates in labelled_images(every, utk):
         try:
             face, v2 = comparer.face(image)
         except (NoFaceError, FaceQualityError):
-            return
+            continue
         front, lm = frontal_view(model, image, face)
         stand_in = SimpleNamespace(box=np.concatenate([lm.min(0), lm.max(0)]), landmarks68_2d=lm)
         vectors["2d"].append(v2)
         vectors["3d"].append(comparer.embedder.embed(front, [stand_in])[0])
-        person.append(pid), yaw.append(face.pose.yaw), calib.append(in_calibration)
-
-    for pid, clip in enumerate(sorted(glob.glob(str(SHARED / "video" / "talking_*.mp4")))):
-        reader = VideoReader(clip)
-        frames = [f.image for f in reader.frames() if f.index % every == 0]
-        reader.close()
-        for i, image in enumerate(frames):
-            add(image, pid, i < len(frames) / 2)
-        print(f"  {Path(clip).name}: {sum(p == pid for p in person)} of {len(frames)} frames", flush=True)
-    photos = sorted(glob.glob(str(SHARED / "faces" / "utkface" / "*.jpg")))
-    step = max(1, len(photos) // utk)
-    for k, path in enumerate(photos[::step][:utk]):
-        from densemesh.image import load_image
-
-        add(load_image(path), -1 - k, k % 2 == 0)
-    print(f"  UTKFace: {sum(p < 0 for p in person)} photos", flush=True)
+        person.append(pid), yaw.append(face.pose.yaw), calib.append(calibrates)
+    print(f"  {len(person)} faces kept", flush=True)
     return {k: np.stack(v) for k, v in vectors.items()}, np.array(person), np.array(yaw), np.array(calib)
 
 
