@@ -16,6 +16,22 @@ def smile(face_model):
         return face_model.decode(torch.randn(1, 100), face_model.expression_vector({"mouthSmile_L": 0.8}))[0].numpy()
 
 
+def test_fixed_point_lines_match_percent_formatting():
+    """The array formatter of OBJ vertex lines writes what %-formatting writes."""
+    rng = np.random.default_rng(1)
+    rows = np.concatenate([rng.standard_normal((500, 3)) * s for s in (1e-7, 1e-3, 1.0, 30.0, 4e4)])
+    rows[:4] = [[0.0, -0.0, -1e-9], [0.5, -0.5, 999.999999], [1e-6, -1e-6, 12.0], [100.0, -10.0, 7.25]]
+    lines = export.fixed_point_lines("v", rows, (6, 6, 6)).splitlines()
+    expected = ["v %.6f %.6f %.6f" % tuple(r) for r in rows]
+    differ = [(a, b) for a, b in zip(lines, expected) if a != b]
+    assert len(lines) == len(rows) and not differ, differ[:3]
+    mixed = np.hstack([rows[:50], rng.random((50, 3))])
+    assert export.fixed_point_lines("v", mixed, (6, 6, 6, 4, 4, 4)) == \
+        "".join("v %.6f %.6f %.6f %.4f %.4f %.4f\n" % tuple(r) for r in mixed)
+    odd = np.array([[np.nan, 1.0], [np.inf, 2e9]])  # not finite or huge: %-formatted
+    assert export.fixed_point_lines("x", odd, (2, 1)) == "x nan 1.0\nx inf 2000000000.0\n"
+
+
 def test_obj_round_trip(tmp_path, face_model, smile):
     import open3d as o3d
     import trimesh
