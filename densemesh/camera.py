@@ -52,9 +52,25 @@ def matrix_to_rotation_6d(rotation: torch.Tensor) -> torch.Tensor:
     return _t3d.matrix_to_rotation_6d(rotation)
 
 
+#: (3, 9): v @ SKEW_BASIS is the cross-product matrix of v, flattened row by row
+SKEW_BASIS = torch.zeros(3, 9)
+SKEW_BASIS[[2, 1, 2, 0, 1, 0], [1, 2, 3, 5, 6, 7]] = torch.tensor([-1.0, 1.0, 1.0, -1.0, -1.0, 1.0])
+
+
+def skew(v: torch.Tensor) -> torch.Tensor:
+    """(..., 3) -> (..., 3, 3) cross-product matrices: skew(v) @ u = v x u."""
+    return (v @ SKEW_BASIS.to(v)).unflatten(-1, (3, 3))
+
+
 def axis_angle_to_matrix(axis_angle: torch.Tensor) -> torch.Tensor:
-    """(..., 3) axis * angle in radians -> (..., 3, 3)."""
-    return _t3d.axis_angle_to_matrix(axis_angle)
+    """(..., 3) axis * angle in radians -> (..., 3, 3), by Rodrigues' formula
+    R = I + sin(t)/t K + 2 sin(t/2)^2/t^2 K^2 (K = skew(axis * angle)): a fifth of PyTorch3D's
+    operations (it goes through quaternions), and the landmark fit turns every frame; smooth at
+    0 (differentiable there)."""
+    k = skew(axis_angle)
+    angle = (axis_angle * axis_angle).sum(-1).clamp(min=1e-24).sqrt()[..., None, None]
+    half = torch.sin(angle / 2) / (angle / 2)
+    return torch.eye(3, dtype=k.dtype, device=k.device) + torch.sin(angle) / angle * k + 0.5 * half * half * (k @ k)
 
 
 def rotation_angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -130,14 +130,6 @@ def _apply_basis(basis: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
     return (basis.reshape(b, k * c, p) @ coeffs[..., None]).view(b, k, c)
 
 
-def _skew(v: torch.Tensor) -> torch.Tensor:
-    """(..., 3) -> (..., 3, 3) cross-product matrices."""
-    z = torch.zeros_like(v[..., 0])
-    return torch.stack([torch.stack([z, -v[..., 2], v[..., 1]], -1),
-                        torch.stack([v[..., 2], z, -v[..., 0]], -1),
-                        torch.stack([-v[..., 1], v[..., 0], z], -1)], -2)
-
-
 class LandmarkFitter:
     """Fits the face model to MediaPipe landmarks. Holds the model's bases at the 468 points."""
 
@@ -220,37 +212,52 @@ class LandmarkFitter:
         mean, basis = self._basis(lid_ids, identity.shape[0])
         return mean + _apply_basis(basis, torch.cat([identity, expression], 1))
 
-    def _residuals(self, state: FitState, target: torch.Tensor, size: torch.Tensor,
-                   prior_expression: torch.Tensor, points: tuple[torch.Tensor, torch.Tensor], with_jacobian: bool,
-                   fix_identity: bool = False, weights: torch.Tensor | None = None):
+    def _residuals(self, state: FitState, target: torch.Tensor, scale: torch.Tensor, prior_expression: torch.Tensor,
+                   points: tuple[torch.Tensor, torch.Tensor], with_jacobian: bool):
         """Weighted landmark residuals (B, 2K), prior residuals (B, P) and, if asked, the
-        landmark Jacobian (B, 2K, 6 + P) - without the identity columns when ``fix_identity`` -
-        (the priors' Jacobian is diagonal: 1 / sigma). points: the MediaPipe points' mean and
-        basis rows, as :meth:`_basis` gives them; weights (B, K) per-face point weights on top of
-        the fixed ones."""
+        landmark Jacobian (B, 2K, 6 + P') (the priors' Jacobian is diagonal: 1 / sigma).
+        scale (B, K, 1): each point's residual weight (:meth:`_point_scale`); points: the
+        MediaPipe points' mean (B, K, 3) and basis rows (B, K, 3, P') for the solved shape
+        coefficients, as :meth:`_points` gives them (P' = 53 when the identity is fixed)."""
         cfg = self.config
         mean, basis = points
-        x_model = mean + _apply_basis(basis, torch.cat([state.identity, state.expression], 1))
+        fixed = basis.shape[-1] == state.expression.shape[1]
+        x_model = mean + _apply_basis(basis, state.expression if fixed else
+                                      torch.cat([state.identity, state.expression], 1))
         rc = camera.MODEL_TO_CAMERA.to(x_model) @ state.rotation
         xc = x_model @ rc.transpose(1, 2) + state.translation[:, None]
-        z = xc[..., 2].clamp(min=1e-3)
-        uv = state.focal[:, None, None] * xc[..., :2] / z[..., None] + state.principal[:, None]
-        w = self.point_weights[None] if weights is None else self.point_weights[None] * weights
-        scale = w.sqrt()[..., None] / (cfg.landmark_sigma * size[:, None, None])
+        z = xc[..., 2:].clamp(min=1e-3)
+        normalized = xc[..., :2] / z
+        uv = state.focal[:, None, None] * normalized + state.principal[:, None]
         r_lm = ((uv - target) * scale).flatten(1)  # (B, 2K)
         r_prior = torch.cat([state.identity / cfg.identity_sigma,
                              (state.expression - prior_expression) / cfg.expression_sigma], 1)
         if not with_jacobian:
             return r_lm, r_prior, None
-        f_z = (state.focal[:, None] / z)  # (B, K)
-        zero = torch.zeros_like(z)
-        dproj = torch.stack([torch.stack([f_z, zero, -f_z * xc[..., 0] / z], -1),
-                             torch.stack([zero, f_z, -f_z * xc[..., 1] / z], -1)], -2)  # (B, K, 2, 3)
-        d_rot = dproj @ -_skew(xc - state.translation[:, None])
-        basis = basis[..., self.model.num_identity:] if fix_identity else basis
-        d_shape = (dproj @ rc[:, None]) @ basis  # (B, K, 2, P)
-        j_lm = torch.cat([d_rot, dproj, d_shape], -1) * scale[..., None]  # (B, K, 2, 6 + P)
+        f_z = state.focal[:, None, None, None] / z[..., None]  # (B, K, 1, 1)
+        eye = torch.eye(2, dtype=xc.dtype, device=xc.device).expand(*normalized.shape[:2], 2, 2)
+        dproj = f_z * torch.cat([eye, -normalized[..., None]], -1)  # (B, K, 2, 3)
+        d_rot = torch.linalg.cross((xc - state.translation[:, None])[..., None, :].expand_as(dproj), dproj)
+        d_shape = ((dproj @ rc[:, None])[..., None] * basis[:, :, None]).sum(-2)  # (B, K, 2, P'); beats 468 tiny bmm
+        j_lm = torch.cat([d_rot, dproj, d_shape], -1) * scale[..., None]  # (B, K, 2, 6 + P')
         return r_lm, r_prior, j_lm.flatten(1, 2)
+
+    def _point_scale(self, target: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        """(B, K, 1) residual weight of each point: sqrt(point weight) / (landmark_sigma * face
+        size px); target (B, K, 2) px, weights (B, K) per-face weights on top of the fixed ones."""
+        size = (target.max(1).values - target.min(1).values).prod(1).sqrt()  # face size, px
+        w = self.point_weights[None] if weights is None else self.point_weights[None] * weights
+        return w.sqrt()[..., None] / (self.config.landmark_sigma * size[:, None, None])
+
+    def _points(self, state: FitState, fix_identity: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The MediaPipe points' mean (B, K, 3) and basis rows (B, K, 3, P') for the shape
+        coefficients solved, with the lids slid to ``state`` (:meth:`slide_lids`): with
+        ``fix_identity`` the identity is folded into the mean and P' = 53 (expression only)."""
+        mean, basis = self._basis(self.slide_lids(state), len(state.identity))
+        if not fix_identity:
+            return mean, basis
+        n_id = self.model.num_identity
+        return mean + _apply_basis(basis[..., :n_id], state.identity), basis[..., n_id:]
 
     def _apply(self, state: FitState, delta: torch.Tensor) -> FitState:
         flip = camera.MODEL_TO_CAMERA.to(delta)
@@ -270,8 +277,7 @@ class LandmarkFitter:
         identity) and solves pose and expression only; weights (B, 468) scale each face's points
         (0: left out, e.g. hidden under the network's pose). Returns the fitted state (with cost)."""
         target = landmarks[:, : self.mean_k.shape[0], :2].to(self.mean_k)
-        lo, hi = target.min(1).values, target.max(1).values
-        size = ((hi - lo).prod(1)).sqrt()  # face size, px
+        scale = self._point_scale(target, weights)
         prior = prior_expression.to(self.mean_k)
         damping = torch.full((target.shape[0],), 1e-3).to(target)
         n_exp = state.expression.shape[1]
@@ -281,16 +287,17 @@ class LandmarkFitter:
         # unknowns: pose (6), identity (unless fixed), expression
         cols = torch.cat([torch.arange(6), torch.arange(6 + n_id * fix_identity, 6 + n_id + n_exp)]).to(target.device)
         b = target.shape[0]
+        prior_h = torch.diag_embed(inv_sigma[cols] ** 2)
         cost = None
         for step in range(self.config.iterations if iterations is None else iterations):
             if step < self.SLIDE_STEPS:
-                points = self._basis(self.slide_lids(state), b)
+                points = self._points(state, fix_identity)
                 cost = None  # the correspondences changed: the cost with them is new
-            r_lm, r_prior, jac = self._residuals(state, target, size, prior, points, True, fix_identity, weights)
+            r_lm, r_prior, jac = self._residuals(state, target, scale, prior, points, True)
             if cost is None:
                 cost = (r_lm ** 2).sum(1) + (r_prior ** 2).sum(1)
             jt = jac.transpose(1, 2)
-            h = jt @ jac + torch.diag_embed(inv_sigma[cols] ** 2).expand(b, -1, -1)
+            h = jt @ jac + prior_h
             grad = (jt @ r_lm[..., None])[..., 0] + (torch.nn.functional.pad(r_prior, (6, 0)) * inv_sigma)[:, cols]
             # active set: expression weights at a bound that the gradient pushes further out stay put
             g_exp = grad[:, -n_exp:]
@@ -302,7 +309,7 @@ class LandmarkFitter:
             delta = torch.zeros(b, 6 + n_id + n_exp).to(target)
             delta[:, cols] = -torch.cholesky_solve(grad[..., None], torch.linalg.cholesky(h))[..., 0]
             trial = self._apply(state, delta)
-            r_lm_t, r_prior_t, _ = self._residuals(trial, target, size, prior, points, False, weights=weights)
+            r_lm_t, r_prior_t, _ = self._residuals(trial, target, scale, prior, points, False)
             cost_t = (r_lm_t ** 2).sum(1) + (r_prior_t ** 2).sum(1)
             better = cost_t < cost
             cost = torch.where(better, cost_t, cost)
@@ -313,8 +320,7 @@ class LandmarkFitter:
                 state.focal, state.principal)
             damping = torch.where(better, damping * 0.3, damping * 10.0).clamp(1e-6, 1e4)
         if cost is None:  # no iterations
-            r_lm, r_prior, _ = self._residuals(state, target, size, prior, self._basis(self.slide_lids(state), b), False,
-                                               weights=weights)
+            r_lm, r_prior, _ = self._residuals(state, target, scale, prior, self._points(state, fix_identity), False)
             cost = (r_lm ** 2).sum(1) + (r_prior ** 2).sum(1)
         state.cost = cost / target.shape[1]
         return state

@@ -38,6 +38,25 @@ def test_model_camera_round_trip_and_projections():
     assert np.allclose(px, [[-0.5, -0.5], [639.5, 479.5]])
 
 
+def test_axis_angle_rotations_turn_about_the_axis_by_the_angle():
+    axes = torch.nn.functional.normalize(torch.randn(6, 3), dim=-1)
+    for angle in (0.0, 1e-7, 1e-3, 0.5, 3.0):
+        r = camera.axis_angle_to_matrix(axes * angle)
+        assert torch.allclose(r @ r.transpose(1, 2), torch.eye(3).expand(6, 3, 3), atol=1e-6)
+        assert torch.allclose(torch.linalg.det(r), torch.ones(6), atol=1e-6)
+        assert torch.allclose((r @ axes[..., None])[..., 0], axes, atol=1e-6)  # the axis stays put
+        if angle:
+            assert torch.allclose(camera.rotation_angle(r, torch.eye(3).expand(6, 3, 3)),
+                                  torch.full((6,), np.degrees(angle)), atol=2e-2)
+    u, v = torch.randn(4, 3), torch.randn(4, 3)
+    assert torch.allclose((camera.skew(u) @ v[..., None])[..., 0], torch.linalg.cross(u, v), atol=1e-6)
+    # differentiable at 0 (the refinement starts there): d(R v)/d(axis angle) = -skew(v)
+    w = torch.zeros(3, requires_grad=True)
+    x = torch.tensor([1.0, 2.0, 3.0])
+    jac = torch.autograd.functional.jacobian(lambda a: camera.axis_angle_to_matrix(a) @ x, w)
+    assert torch.allclose(jac, -camera.skew(x), atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def posed(face_model):
     verts = face_model.decode(torch.randn(1, 100) * 0.5, face_model.expression_vector({"jawOpen": 0.3}))
