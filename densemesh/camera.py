@@ -42,6 +42,12 @@ def matrix_to_euler(rotation: torch.Tensor) -> torch.Tensor:
     return torch.rad2deg(_t3d.matrix_to_euler_angles(rotation, EULER_CONVENTION))
 
 
+def yaw(rotation: torch.Tensor) -> torch.Tensor:
+    """(..., 3, 3) rotation matrices -> (...,) the yaw of :func:`matrix_to_euler` in degrees (for
+    |pitch| < 90), without the other two angles."""
+    return torch.rad2deg(torch.atan2(rotation[..., 0, 2], rotation[..., 2, 2]))
+
+
 def rotation_6d_to_matrix(d6: torch.Tensor) -> torch.Tensor:
     """(..., 6) continuous 6D representation (first two rows) -> (..., 3, 3)."""
     return _t3d.rotation_6d_to_matrix(d6)

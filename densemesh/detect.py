@@ -457,10 +457,13 @@ class VideoFaceFinder:
     """Faces in a frame stream: what the photo path finds, kept from frame to frame.
 
     Every frame: MediaPipe's landmarker in video mode (its own tracking) over the whole frame.
-    Once every ``search_every_s`` seconds of video (the first frame included): the photo search
+    On the first frame, and then every ``search_every_s`` seconds of video: the photo search
     (image mode, ``search="thorough"``: tiles for small faces, face-detector boxes for profiles
-    when ``boxes_without_landmarks``; 0.3-0.4 s a 720p frame on one core, so once a second, not
-    every frame). A face the search finds and the video landmarker does not becomes a region
+    when ``boxes_without_landmarks``; 0.3-0.4 s a 720p frame on one core, a third of a 720p
+    run's work at once a second). A search that finds no face not already followed doubles the
+    wait for the next, up to ``max_search_every_s``; a search that does, or a change in the
+    number of faces the video landmarker sees (someone came or went), brings it back to
+    ``search_every_s``. A face the search finds and the video landmarker does not becomes a region
     of interest that is followed on the frames in between: the landmarker in
     image mode on a crop round its last box, else the face detector there (box only); it ends
     when neither finds it. Every face is reported once (:func:`suppress_duplicates`).
@@ -470,8 +473,11 @@ class VideoFaceFinder:
     ROI_ENLARGE = 2.0   # crop side, in landmark-extent box sides, round a followed face
     ROI_MIN_SIDE = 192  # px: a small face's crop is upscaled to this (the landmarker's comfort)
 
-    def __init__(self, max_faces: int = 8, search_every_s: float = 1.0, boxes_without_landmarks: bool = False):
-        self.max_faces, self.search_every_s = max_faces, search_every_s
+    def __init__(self, max_faces: int = 8, search_every_s: float = 1.0, max_search_every_s: float = 4.0,
+                 boxes_without_landmarks: bool = False):
+        self.max_faces, self.search_every_s, self.max_search_every_s = max_faces, search_every_s, max_search_every_s
+        self._wait_s = search_every_s  # until the next search
+        self._video_faces = 0  # how many faces the video landmarker saw on the last frame
         self.video = MediaPipeDetector(max_faces=max_faces, search="fast", mode="video")
         self.photo = MediaPipeDetector(max_faces=max_faces, search="thorough", mode="image",
                                        boxes_without_landmarks=boxes_without_landmarks)
@@ -496,13 +502,19 @@ class VideoFaceFinder:
         """(H, W, 3) uint8 RGB frame at ``timestamp_ms`` (increasing) -> detections, largest first."""
         found = self.video.detect(image, timestamp_ms)
         heads = [head_box(k.box) for k in found]
-        if self._last_search_ms is None or timestamp_ms - self._last_search_ms >= 1000 * self.search_every_s:
+        if len(found) != self._video_faces:
+            self._video_faces, self._wait_s = len(found), self.search_every_s
+        search = self._last_search_ms is None or timestamp_ms - self._last_search_ms >= 1000 * self._wait_s
+        known = lambda d: any(same_face(d.box, h if d.landmarks is None else k.box)  # noqa: E731
+                              for h, k in zip(heads, found))
+        rois = [d for d in (self._follow(image, r) for r in self._rois) if d is not None]
+        if search:  # followed faces the search misses on this frame stay
             self._last_search_ms = timestamp_ms
-            rois = self.photo.detect(image)
-        else:
-            rois = [d for d in (self._follow(image, r) for r in self._rois) if d is not None]
-        rois = [d for d in rois if not any(same_face(d.box, h if d.landmarks is None else k.box)
-                                           for h, k in zip(heads, found))]
+            finds = [d for d in self.photo.detect(image) if not known(d)]
+            new = any(not any(same_face(d.box, r.box) for r in self._rois) for d in finds)
+            self._wait_s = self.search_every_s if new else min(2 * self._wait_s, self.max_search_every_s)
+            rois = finds + rois
+        rois = [d for d in rois if not known(d)]
         self._rois = suppress_duplicates(rois)
         found = suppress_duplicates([*found, *self._rois])
         found.sort(key=lambda d: -d.size)

@@ -68,7 +68,8 @@ class FitState:
 
     def select_rows(self, rows: list[int]) -> "FitState":
         """The faces ``rows`` as a new batch (copies)."""
-        pick = lambda t: None if t is None else t[rows].clone()  # noqa: E731
+        index = torch.as_tensor(rows, dtype=torch.long, device=self.rotation.device)
+        pick = lambda t: None if t is None else t.index_select(0, index)  # noqa: E731  (a copy)
         return FitState(*(pick(getattr(self, f)) for f in self.FIELDS), cost=pick(self.cost), fitted=pick(self.fitted))
 
     def with_rows(self, rows: list[int], other: "FitState") -> "FitState":

@@ -48,9 +48,9 @@ def trusted(detections: list[Detection], net: FitState | None) -> list[bool]:
     have = np.array([d.landmarks is not None for d in detections])
     if net is None:
         return have.tolist()
-    y = camera.matrix_to_euler(net.rotation)[:, 0].cpu().numpy()
+    y = camera.yaw(net.rotation).cpu().numpy()
     r_mp = mediapipe_rotations(detections)
-    y_mp = camera.matrix_to_euler(r_mp)[:, 0].numpy()
+    y_mp = camera.yaw(r_mp).numpy()
     turned = camera.rotation_angle(r_mp, net.rotation).cpu().numpy() > ROTATION_DISAGREEMENT
     wrong_side = (np.abs(y) > 15) & (np.sign(y_mp) != np.sign(y))
     return (have & (np.abs(y) <= MEDIAPIPE_YAW_LIMIT) & ~wrong_side & ~turned

@@ -12,6 +12,7 @@ from densemesh.facemodel import vertex_normals
 def test_euler_round_trip_and_meaning():
     angles = torch.tensor([[30.0, -20.0, 10.0], [-75.0, 40.0, -5.0]])
     assert torch.allclose(camera.matrix_to_euler(camera.euler_to_matrix(angles)), angles, atol=1e-3)
+    assert torch.allclose(camera.yaw(camera.euler_to_matrix(angles)), angles[:, 0], atol=1e-3)
     nose = torch.tensor([0.0, 0.0, 1.0])
     # yaw > 0: the nose moves to the image's right (+x camera); pitch > 0: the nose tips down (+y camera)
     yawed = camera.model_to_camera(nose.view(1, 1, 3), camera.euler_to_matrix(torch.tensor([[30.0, 0, 0]])), torch.zeros(1, 3))

@@ -86,6 +86,32 @@ def test_outputs_of_a_talking_head(talking_run, rec, source_frames):
     assert summary_file["complete"] and len(summary_file["tracks"][0]["identity"]) == 100
 
 
+def test_the_search_backs_off_on_a_still_scene_and_finds_a_face_that_comes(source_frames):
+    """VideoFaceFinder: searches wait 1, 2, 4 s while they find nothing new; a small face that
+    appears (pasted from frame 160 on, too small for the video landmarker) is found by the next
+    search (at most 4 s later), then followed to the end, and the search after that comes 1 s
+    later."""
+    import cv2
+    from skimage import data
+
+    from densemesh.detect import VideoFaceFinder
+
+    frames = (source_frames + source_frames[::-1]) * 2  # about 12 s at 25 frames/s
+    small = cv2.resize(data.astronaut()[30:250, 130:330], (80, 88))
+    searched, counts = [], []
+    with VideoFaceFinder(boxes_without_landmarks=True) as finder:
+        search = finder.photo.detect
+        finder.photo.detect = lambda image: (searched.append(i), search(image))[1]
+        for i, frame in enumerate(frames):
+            if i >= 160:
+                frame = frame.copy()
+                frame[-100:-12, 12:92] = small
+            counts.append(len(finder.detect(frame, timestamp_ms=40 * i)))
+    assert searched[:4] == [0, 50, 150, 250]  # waits of 2, 4, 4 s: no face but the tracked one until 160
+    assert set(counts[:250]) == {1} and set(counts[250:]) == {2}, counts
+    assert searched[4] == 275  # found at 250: the next search 1 s later
+
+
 def test_arkit_csv_is_live_link_layout(talking_run, source_frames):
     rows = list(csv.reader(open(talking_run[0] / "track_00" / "arkit.csv")))
     assert rows[0] == ["Timecode", "BlendShapeCount", *ARKIT_COLUMNS] and len(ARKIT_COLUMNS) == 61
