@@ -215,12 +215,11 @@ class VideoReconstructor:
     QUEUED = 8             # most frames waiting for the output thread (memory stays flat)
 
     def __init__(self, reconstructor, options: VideoOptions | None = None, max_faces: int = 8):
-        from scipy.optimize import linear_sum_assignment  # loaded here, not inside the first frame (1 s)
+        import scipy.optimize  # noqa: F401 - loaded here (_match's), not inside the first frame (1 s)
 
         self.rec = reconstructor
         self.options = options or VideoOptions()
         self.max_faces = max_faces
-        self._assign = linear_sum_assignment
 
     # ------------------------------------------------------------------ the run
     def run(self, path: str | Path, out: str | Path, resume: bool = False, progress=None) -> dict:
@@ -364,10 +363,12 @@ class VideoReconstructor:
 
     def _match(self, live: list[Track], detections: list[Detection]):
         """Hungarian assignment of detections to live tracks by box IoU."""
+        from scipy.optimize import linear_sum_assignment
+
         if not live or not detections:
             return [], list(detections)
         iou = np.array([[_box_iou(t.box, d.box) for d in detections] for t in live])
-        rows, cols = self._assign(-iou)
+        rows, cols = linear_sum_assignment(-iou)
         pairs = [(live[r], detections[c]) for r, c in zip(rows, cols) if iou[r, c] >= self.options.iou_match]
         taken = {id(d) for _, d in pairs}
         return pairs, [d for d in detections if id(d) not in taken]
