@@ -86,6 +86,53 @@ def test_landmark_fit_recovers_a_synthetic_face(face_model):
     assert blink_l > 0.4 and blink_l > blink_r + 0.3
 
 
+def test_the_bounded_step_is_the_bounded_least_squares_minimiser():
+    """Expression weights live in [0, 1]: the step must be the bounded minimiser (scipy's BVLS),
+    not the free one clamped afterwards."""
+    from scipy.optimize import lsq_linear
+
+    from densemesh.fit import _bounded_step
+
+    rng = np.random.default_rng(0)
+    crossed = 0
+    for _ in range(20):
+        jac, r = rng.normal(size=(200, 59)), rng.normal(size=200) * 3  # pose (6) + 53 expression weights
+        weights = np.clip(rng.uniform(-0.3, 1.3, 53), 0.0, 1.0)  # some sit on a bound
+        bounds = (np.r_[np.full(6, -np.inf), -weights], np.r_[np.full(6, np.inf), 1.0 - weights])
+        best = lsq_linear(jac, -r, bounds=bounds, method="bvls", tol=1e-13).x
+        free = np.linalg.lstsq(jac, -r, rcond=None)[0][6:] + weights
+        crossed += int(((free < 0) | (free > 1)).sum())
+        step = _bounded_step(torch.tensor(jac.T @ jac)[None], torch.tensor(jac.T @ r)[None], torch.tensor(weights)[None])
+        np.testing.assert_allclose(step[0].numpy(), best, atol=1e-9)
+    assert crossed > 100  # the free steps do cross the bounds
+
+
+def test_tracking_fit_converges_in_two_iterations(face_model):
+    """A video frame's fit starts from the previous frame's for ``tracking_iterations`` (2): two
+    must get where twenty get, also when expression weights go to 0 on the way (clamped steps
+    were rejected: that took five)."""
+    names = face_model.expression_names
+    rot, trans = camera.euler_to_matrix(torch.tensor([[15.0, -5.0, 0.0]])), torch.tensor([[1.0, 0.0, 50.0]])
+    focal, principal = torch.tensor([900.0]), torch.tensor([[320.0, 240.0]])
+    ident = torch.randn(1, 100, generator=torch.Generator().manual_seed(2)) * 0.7
+    now, before = torch.zeros(1, 53), torch.zeros(1, 53)
+    now[0, names.index("jawOpen")] = 0.6
+    for name in ("eyeBlink_L", "eyeBlink_R", "mouthSmile_L", "mouthSmile_R", "browInnerUp_L"):
+        before[0, names.index(name)] = 0.4  # the last frame's expression, gone now
+    fitter = LandmarkFitter(face_model, FitConfig(camera_distance_cm=50.0))
+    frame = camera.project(camera.model_to_camera(fitter.points(ident, now, fitter.slide_lids(
+        FitState(rot, trans, ident, now, focal, principal))), rot, trans), focal, principal)
+    last = FitState(camera.euler_to_matrix(torch.tensor([[12.0, -4.0, 1.0]])), trans + 0.3, ident, before,
+                    focal, principal)
+
+    def fitted(iterations):
+        return fitter.fit(frame, last, torch.zeros(1, 53), iterations, fix_identity=True)
+
+    short, long = fitted(2), fitted(20)
+    assert float(short.cost[0]) < 1.005 * float(long.cost[0])
+    assert (short.expression - long.expression).abs().max() < 0.01
+
+
 def test_refinement_lowers_the_photometric_error():
     with densemesh.Reconstructor(device="cpu", refine="fast") as rec:
         r = rec(data.astronaut())[0]
