@@ -16,6 +16,7 @@ import contextlib
 import importlib.util
 import os
 import sys
+import threading
 import weakref
 import zipfile
 from dataclasses import dataclass, field
@@ -95,24 +96,35 @@ def _close_all(*tasks) -> None:
             task.close()
 
 
+_quiet = {"lock": threading.Lock(), "depth": 0, "saved": -1}  # quiet_native_logs' shared state
+
+
 @contextlib.contextmanager
 def quiet_native_logs():
     """Silence what MediaPipe's C++ side writes straight to file descriptor 2 (absl / TFLite
     info lines) for the duration of the block; Python exceptions still propagate. Set
-    DENSEMESH_DEBUG=1 to see those lines."""
+    DENSEMESH_DEBUG=1 to see those lines. Safe across threads (a video's detection and fit
+    threads overlap): descriptor 2 is redirected when the first block starts and given back when
+    the last one ends."""
     if os.environ.get("DENSEMESH_DEBUG"):
         yield
         return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
+    with _quiet["lock"]:
+        if _quiet["depth"] == 0:
+            sys.stderr.flush()
+            _quiet["saved"] = os.dup(2)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+        _quiet["depth"] += 1
     try:
-        os.dup2(devnull, 2)
         yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+        with _quiet["lock"]:
+            _quiet["depth"] -= 1
+            if _quiet["depth"] == 0:
+                os.dup2(_quiet["saved"], 2)
+                os.close(_quiet["saved"])
 
 
 def _inside(a: np.ndarray, b: np.ndarray) -> bool:

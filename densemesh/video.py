@@ -29,6 +29,7 @@ from densemesh.export import TrackWriter, write_json
 from densemesh.facemodel import vertex_normals
 from densemesh.fit import FitState
 from densemesh.image import IMAGE_SUFFIXES, load_image
+from densemesh.pipeline import torch_threads
 from densemesh.raycast import RayCaster
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
@@ -258,10 +259,8 @@ class VideoReconstructor:
         frames_done = start
         timings = self.timings = {"detect_s": 0.0, "fit_s": 0.0, "output_s": 0.0}
         interrupted = False
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # the second core runs the decoder and MediaPipe (see _detected_frames)
         with VideoFaceFinder(max_faces=self.max_faces, boxes_without_landmarks=self.rec.regressor is not None) \
-                as detector:
+                as detector, torch_threads(1):  # the second core decodes and runs MediaPipe (_detected_frames)
             frames = _detected_frames(reader, detector, start)
             try:
                 for frame, detections, detect_s in frames:
@@ -285,7 +284,6 @@ class VideoReconstructor:
                 interrupted = True
             finally:
                 frames.close()
-                torch.set_num_threads(threads)
         for track in self.tracks:  # finish tracks still waiting for their identity lock
             self._lock_and_flush(track)
         self._drain()

@@ -85,3 +85,39 @@ def test_no_face_and_grayscale(shared, detector):
     assert detector.detect(load_image(shared / "faces" / "misc" / "free-mountain-vector-01.jpg")) == []
     gray = to_rgb(np.asarray(Image.fromarray(data.astronaut()).convert("L")))
     assert len(detector.detect(gray)) == 1
+
+
+def test_overlapping_quiet_blocks_give_stderr_back():
+    """A video's detection and fit threads both silence MediaPipe's native log lines; blocks that
+    overlap (A starts, B starts, A ends, B ends) must leave file descriptor 2 where it was, not on
+    /dev/null (the CLI's one-line errors go there)."""
+    import os
+    import threading
+
+    from densemesh.detect import quiet_native_logs
+
+    before = os.fstat(2)
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    inside_b = []
+
+    def a():
+        with quiet_native_logs():
+            a_in.set()
+            b_in.wait(5)
+        a_out.set()
+
+    def b():
+        a_in.wait(5)
+        with quiet_native_logs():
+            b_in.set()
+            a_out.wait(5)
+            inside_b.append(os.fstat(2).st_ino)
+
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    after = os.fstat(2)
+    assert inside_b and inside_b[0] != before.st_ino  # still silenced while B runs
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
