@@ -19,6 +19,7 @@ import sys
 import threading
 import weakref
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -90,7 +91,9 @@ def face_landmarker_task() -> str:
     return path
 
 
-def _close_all(*tasks) -> None:
+def _close_all(helper: ThreadPoolExecutor | None, *tasks) -> None:
+    if helper is not None:
+        helper.shutdown()
     with quiet_native_logs():
         for task in tasks:
             task.close()
@@ -276,8 +279,11 @@ class MediaPipeDetector:
             self._landmarker = vision.FaceLandmarker.create_from_options(options)
             self._scorer = vision.FaceDetector.create_from_options(vision.FaceDetectorOptions(
                 base_options=BaseOptions(model_asset_buffer=detector_model), min_detection_confidence=0.1))
+        # the whole-image box search runs beside the landmarker (MediaPipe lets go of Python's lock)
+        self._helper = ThreadPoolExecutor(1, thread_name_prefix="densemesh-boxes") \
+            if boxes_without_landmarks and mode == "image" else None
         # close the MediaPipe graphs before interpreter shutdown (their __del__ fails there)
-        self._finalizer = weakref.finalize(self, _close_all, self._landmarker, self._scorer)
+        self._finalizer = weakref.finalize(self, _close_all, self._helper, self._landmarker, self._scorer)
 
     def close(self) -> None:
         self._finalizer()
@@ -313,9 +319,11 @@ class MediaPipeDetector:
 
     def detect(self, image: np.ndarray, timestamp_ms: int | None = None) -> list[Detection]:
         """(H, W, 3) uint8 RGB -> detections, largest face first. ``timestamp_ms`` in video mode."""
+        whole = self._helper.submit(self._detector_boxes, image) if self._helper is not None else None
         found = self._run(image, timestamp_ms)
         if self.mode == "video":  # a video scores the faces that start tracks (see score())
             return sorted(found, key=lambda d: -d.size)[: self.max_faces]
+        whole_finds = whole.result() if whole is not None else None  # the scorer is free again
         for det in found:
             det.score = self.score(image, det.box)
         tile_finds = {}
@@ -328,7 +336,7 @@ class MediaPipeDetector:
                         found.append(det)
         if self.boxes_without_landmarks:
             heads = [head_box(k.box) for k in found]
-            boxes = self.boxes(image, heads, tile_finds)
+            boxes = self.boxes(image, heads, tile_finds, whole_finds)
             if not found and self.side_view is not None:  # profiles: the side-view detector frames them
                 views = [Detection(box, None, score=self.score(image, box)) for box, _ in self.side_view.detect(image)]
                 boxes = views + [b for b in boxes if not any(same_face(b.box, v.box) for v in views)]
@@ -358,7 +366,8 @@ class MediaPipeDetector:
                 out.append((np.array([x0, b.origin_y, x1, b.origin_y + b.height], float), d.categories[0].score))
         return out
 
-    def boxes(self, image: np.ndarray, known: list[np.ndarray] = (), tile_finds: dict | None = None) -> list[Detection]:
+    def boxes(self, image: np.ndarray, known: list[np.ndarray] = (), tile_finds: dict | None = None,
+              whole_finds: list | None = None) -> list[Detection]:
         """Faces the face detector finds where the landmarker gives up, as landmark-free
         detections, one per face. Candidates (not the same face as a ``known`` box; the best of
         overlapping ones) are looked at again in a re-centred crop and its mirror image
@@ -366,9 +375,11 @@ class MediaPipeDetector:
         (a whole-image candidate) or ``TILE_BOX_LOOK`` (a tile's, in "thorough" mode, which must
         also score ``TILE_BOX_CONFIDENCE`` itself: tiles of texture fool the detector). Box
         mapped onto the landmark extent (BOX_TO_LANDMARK_EXTENT), score the look's. tile_finds:
-        the un-mirrored detector finds per tile when :meth:`_tiles` already has them."""
+        the un-mirrored detector finds per tile when :meth:`_tiles` already has them; whole_finds:
+        :meth:`_detector_boxes` of the whole image when already run."""
         h, w = image.shape[:2]
-        raw = [(b, sc, self.box_confidence) for b, sc in self._detector_boxes(image)]
+        whole_finds = self._detector_boxes(image) if whole_finds is None else whole_finds
+        raw = [(b, sc, self.box_confidence) for b, sc in whole_finds]
         if self.search == "thorough":
             for x, y, side in self._tile_grid(h, w, known):
                 tile = image[y:y + side, x:x + side]

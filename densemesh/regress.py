@@ -132,6 +132,9 @@ class Regressor:
         self.device = torch.device(device)
         self.model = model
         self.mirror_maps = model.mirror_maps() if model is not None else None
+        if model is not None:  # the centroid of MediaPipe's points, linear in the coefficients: (1 + 153, 3)
+            shapes = torch.cat([model.mean[None], model.identity_basis, model.expression_basis])
+            self._centroid = model.landmarks(shapes, "mediapipe").mean(1)
         if path is None:
             path = WEIGHTS.with_suffix(".onnx") if self.device.type == "cpu" else WEIGHTS
         path = Path(path)
@@ -195,8 +198,8 @@ class Regressor:
         off = torch.tensor(np.stack([c.offset for c in crops]), dtype=torch.float32, device=dev)
         weak, rotation, identity, expression = (x.to(dev, torch.float32) for x in (
             pred.weak, pred.rotation, pred.identity, pred.expression))
-        anchor = model.landmarks(model.decode(identity, expression), "mediapipe").mean(1, keepdim=True)
-        anchor = camera.model_to_camera(anchor, rotation, torch.zeros(b, 3, device=dev))[:, 0]  # (B, 3) cm
+        anchor = self._centroid[0] + torch.cat([identity, expression], 1) @ self._centroid[1:]  # (B, 3) model cm
+        anchor = camera.model_to_camera(anchor[:, None], rotation, torch.zeros(b, 3, device=dev))[:, 0]  # camera cm
         anchor_px = (weak[:, :1] * anchor[:, :2] + weak[:, 1:] - off) / k[:, None]
         scale = weak[:, 0] / k  # px per cm in the image
         h, w = images[0].shape[:2]
