@@ -134,25 +134,36 @@ def _apply_basis(basis: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
 def _bounded_step(h: torch.Tensor, grad: torch.Tensor, expression: torch.Tensor, passes: int = 8) -> torch.Tensor:
     """(B, N) step minimising the damped Gauss-Newton model 0.5 s'hs + grad's (h (B, N, N),
     grad (B, N)) with the last E unknowns, the expression weights ``expression`` (B, E), kept in
-    [0, 1] (a primal-dual active set: weights the step carries past a bound are held on it,
-    held weights the model pulls back inside are let go; up to ``passes`` solves, 1-4 in tracking).
-    A step clamped afterwards is no longer a Gauss-Newton step: in tracking, the trials that
-    crossed a bound were the ones rejected (two of five iterations lost a frame)."""
+    [0, 1]. The free unknowns (pose, identity) are eliminated first (Schur complement), so the
+    bounded search (:func:`_box_step`) solves E x E systems, not N x N. A step clamped afterwards
+    is no longer a Gauss-Newton step: in tracking, the trials that crossed a bound were the ones
+    rejected (two of five iterations lost a frame)."""
     n_exp = expression.shape[1]
-    low, high = -expression, 1.0 - expression  # bounds of the weights' steps
-    g_exp = grad[:, -n_exp:]
-    at_low, at_high = (low >= 0) & (g_exp > 0), (high <= 0) & (g_exp < 0)  # the model pushes them out
-    pose_id = torch.ones_like(grad[:, :-n_exp], dtype=torch.bool)
+    a, b, c = h[:, :-n_exp, :-n_exp], h[:, :-n_exp, -n_exp:], h[:, -n_exp:, -n_exp:]
+    solved = torch.cholesky_solve(torch.cat([b, grad[:, :-n_exp, None]], 2), torch.linalg.cholesky(a))
+    a_inv_b, a_inv_g = solved[..., :-1], solved[..., -1:]  # A^-1 B (B, F, E), A^-1 g_free (B, F, 1)
+    bt = b.transpose(1, 2)
+    s_exp = _box_step(c - bt @ a_inv_b, grad[:, -n_exp:] - (bt @ a_inv_g)[..., 0], -expression, 1.0 - expression,
+                      passes)
+    s_free = -(a_inv_g + a_inv_b @ s_exp[..., None])[..., 0]
+    return torch.cat([s_free, s_exp], 1)
+
+
+def _box_step(h: torch.Tensor, grad: torch.Tensor, low: torch.Tensor, high: torch.Tensor, passes: int) -> torch.Tensor:
+    """(B, E) minimiser of 0.5 s'hs + grad's with low <= s <= high (h (B, E, E) positive
+    definite): a primal-dual active set - unknowns the step carries past a bound are held on it,
+    held ones the model pulls back inside are let go; up to ``passes`` solves (1-4 in tracking)."""
+    at_low, at_high = (low >= 0) & (grad > 0), (high <= 0) & (grad < 0)  # the model pushes them out
     for _ in range(passes):
-        held = torch.where(at_low, low, torch.where(at_high, high, torch.zeros_like(low)))
-        held = torch.cat([torch.zeros_like(grad[:, :-n_exp]), held], 1)
-        free = torch.cat([pose_id, ~(at_low | at_high)], 1)
-        system = h * (free[:, :, None] & free[:, None, :]) + torch.diag_embed((~free).to(h))
-        rhs = (grad + (h @ held[..., None])[..., 0]) * free
-        step = held - torch.cholesky_solve(rhs[..., None], torch.linalg.cholesky(system))[..., 0] * free
-        s_exp, pull = step[:, -n_exp:], (h @ step[..., None])[:, -n_exp:, 0] + g_exp  # pull: the model's slope
-        new_low = torch.where(at_low, pull > 0, s_exp < low)
-        new_high = torch.where(at_high, pull < 0, s_exp > high)
+        held = at_low | at_high
+        bound = torch.where(at_low, low, torch.where(at_high, high, torch.zeros_like(low)))
+        free = ~held
+        system = h * (free[:, :, None] & free[:, None, :]) + torch.diag_embed(held.to(h))
+        rhs = (grad + (h @ bound[..., None])[..., 0]) * free
+        step = bound - torch.cholesky_solve(rhs[..., None], torch.linalg.cholesky(system))[..., 0] * free
+        pull = (h @ step[..., None])[..., 0] + grad  # the model's slope at the step
+        new_low = torch.where(at_low, pull > 0, step < low)
+        new_high = torch.where(at_high, pull < 0, step > high)
         if torch.equal(new_low, at_low) and torch.equal(new_high, at_high):
             break
         at_low, at_high = new_low, new_high

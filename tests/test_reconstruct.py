@@ -95,12 +95,13 @@ def test_the_bounded_step_is_the_bounded_least_squares_minimiser():
 
     rng = np.random.default_rng(0)
     crossed = 0
-    for _ in range(20):
-        jac, r = rng.normal(size=(200, 59)), rng.normal(size=200) * 3  # pose (6) + 53 expression weights
+    for trial in range(20):
+        n_free = (6, 106)[trial % 2]  # pose, or pose and identity (100), then 53 expression weights
+        jac, r = rng.normal(size=(300, n_free + 53)), rng.normal(size=300) * 3
         weights = np.clip(rng.uniform(-0.3, 1.3, 53), 0.0, 1.0)  # some sit on a bound
-        bounds = (np.r_[np.full(6, -np.inf), -weights], np.r_[np.full(6, np.inf), 1.0 - weights])
+        bounds = (np.r_[np.full(n_free, -np.inf), -weights], np.r_[np.full(n_free, np.inf), 1.0 - weights])
         best = lsq_linear(jac, -r, bounds=bounds, method="bvls", tol=1e-13).x
-        free = np.linalg.lstsq(jac, -r, rcond=None)[0][6:] + weights
+        free = np.linalg.lstsq(jac, -r, rcond=None)[0][n_free:] + weights
         crossed += int(((free < 0) | (free > 1)).sum())
         step = _bounded_step(torch.tensor(jac.T @ jac)[None], torch.tensor(jac.T @ r)[None], torch.tensor(weights)[None])
         np.testing.assert_allclose(step[0].numpy(), best, atol=1e-9)
