@@ -130,6 +130,21 @@ def quiet_native_logs():
                 os.close(_quiet["saved"])
 
 
+def _run_face_detector(detector, views: list[np.ndarray]) -> list[list[tuple[np.ndarray, float]]]:
+    """A MediaPipe FaceDetector task on each of ``views`` (uint8 RGB) -> per view its finds
+    (box x0, y0, x1, y1 view px, score). One thread per task at a time."""
+    import mediapipe as mp
+
+    out = []
+    for view in views:
+        with quiet_native_logs():
+            result = detector.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(view)))
+        boxes = [(d.bounding_box, d.categories[0].score) for d in result.detections]
+        out.append([(np.array([b.origin_x, b.origin_y, b.origin_x + b.width, b.origin_y + b.height], float), score)
+                    for b, score in boxes])
+    return out
+
+
 def _inside(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether the centre of box a lies in box b."""
     cx, cy = (a[0] + a[2]) / 2, (a[1] + a[3]) / 2
@@ -275,15 +290,19 @@ class MediaPipeDetector:
             output_face_blendshapes=True, output_facial_transformation_matrixes=True)
         with zipfile.ZipFile(task) as bundle:
             detector_model = bundle.read("face_detector.tflite")
+        scorer_options = vision.FaceDetectorOptions(base_options=BaseOptions(model_asset_buffer=detector_model),
+                                                    min_detection_confidence=0.1)
+        # in image mode a helper thread with a face detector of its own shares the face-detector
+        # runs (MediaPipe lets go of Python's lock): the whole-image box search beside the
+        # landmarker, every second tile, crop or mirror image after it
+        self._helper = ThreadPoolExecutor(1, thread_name_prefix="densemesh-detect") if mode == "image" else None
         with quiet_native_logs():
             self._landmarker = vision.FaceLandmarker.create_from_options(options)
-            self._scorer = vision.FaceDetector.create_from_options(vision.FaceDetectorOptions(
-                base_options=BaseOptions(model_asset_buffer=detector_model), min_detection_confidence=0.1))
-        # the whole-image box search runs beside the landmarker (MediaPipe lets go of Python's lock)
-        self._helper = ThreadPoolExecutor(1, thread_name_prefix="densemesh-boxes") \
-            if boxes_without_landmarks and mode == "image" else None
+            self._scorer = vision.FaceDetector.create_from_options(scorer_options)  # this thread's
+            self._helper_scorer = vision.FaceDetector.create_from_options(scorer_options) if self._helper else None
         # close the MediaPipe graphs before interpreter shutdown (their __del__ fails there)
-        self._finalizer = weakref.finalize(self, _close_all, self._helper, self._landmarker, self._scorer)
+        self._finalizer = weakref.finalize(self, _close_all, self._helper, self._landmarker, self._scorer,
+                                           *filter(None, [self._helper_scorer]))
 
     def close(self) -> None:
         self._finalizer()
@@ -319,51 +338,60 @@ class MediaPipeDetector:
 
     def detect(self, image: np.ndarray, timestamp_ms: int | None = None) -> list[Detection]:
         """(H, W, 3) uint8 RGB -> detections, largest face first. ``timestamp_ms`` in video mode."""
-        whole = self._helper.submit(self._detector_boxes, image) if self._helper is not None else None
+        whole = [(image, False), (image, True)]
+        early = self._helper.submit(_run_face_detector, self._helper_scorer, [image, image[:, ::-1]]) \
+            if self._helper is not None and self.boxes_without_landmarks else None
         found = self._run(image, timestamp_ms)
         if self.mode == "video":  # a video scores the faces that start tracks (see score())
             return sorted(found, key=lambda d: -d.size)[: self.max_faces]
-        whole_finds = whole.result() if whole is not None else None  # the scorer is free again
-        for det in found:
-            det.score = self.score(image, det.box)
+        for det, (_, score) in zip(found, self.looks(image, [d.box for d in found])):
+            det.score = score
         tile_finds = {}
         if self.search == "thorough":  # a tile's find on a found face's head is a part of it (hair, an ear)
             tiled, tile_finds = self._tiles(image, [head_box(k.box) for k in found])
-            for det in tiled:
-                if not any(same_face(det.box, head_box(k.box)) for k in found):
-                    det.score = self.score(image, det.box)
+            tiled = [d for d in tiled if not any(same_face(d.box, head_box(k.box)) for k in found)]
+            for det, (_, score) in zip(tiled, self.looks(image, [d.box for d in tiled])):
+                if not any(same_face(det.box, head_box(k.box)) for k in found):  # nor a tile's kept before
+                    det.score = score
                     if det.score >= self.tile_confidence:
                         found.append(det)
         if self.boxes_without_landmarks:
             heads = [head_box(k.box) for k in found]
+            whole_finds = sum(self._detector_boxes(whole, early.result() if early is not None else None), [])
             boxes = self.boxes(image, heads, tile_finds, whole_finds)
             if not found and self.side_view is not None:  # profiles: the side-view detector frames them
-                views = [Detection(box, None, score=self.score(image, box)) for box, _ in self.side_view.detect(image)]
+                sides = [box for box, _ in self.side_view.detect(image)]
+                views = [Detection(box, None, score=score) for box, (_, score) in zip(sides, self.looks(image, sides))]
                 boxes = views + [b for b in boxes if not any(same_face(b.box, v.box) for v in views)]
             found += boxes
         found = suppress_duplicates(found)
         found.sort(key=lambda d: -d.size)
         return found[: self.max_faces]
 
-    def _detector_boxes(self, image: np.ndarray, flips: tuple[bool, ...] = (False, True)) -> list[tuple[np.ndarray, float]]:
-        """The face detector's (box x0, y0, x1, y1 px, score) finds in ``image`` and, mirrored
-        back, in its mirror image (``flips``), scoring at least ``candidate_confidence``."""
-        import mediapipe as mp
+    def _face_detector(self, views: list[np.ndarray]) -> list[list[tuple[np.ndarray, float]]]:
+        """MediaPipe's face detector on each of ``views`` ((H, W, 3) uint8 RGB) -> per view its
+        finds (box x0, y0, x1, y1 view px, score); the helper thread takes every second view.
+        Call from the thread that calls :meth:`detect`."""
+        if self._helper is None or len(views) < 2:
+            return _run_face_detector(self._scorer, views)
+        theirs = self._helper.submit(_run_face_detector, self._helper_scorer, views[1::2])
+        mine = _run_face_detector(self._scorer, views[::2])
+        out = [None] * len(views)
+        out[::2], out[1::2] = mine, theirs.result()
+        return out
 
-        w = image.shape[1]
+    def _detector_boxes(self, views: list[tuple[np.ndarray, bool]],
+                        finds: list | None = None) -> list[list[tuple[np.ndarray, float]]]:
+        """Per (image, mirrored) view: the face detector's (box x0, y0, x1, y1 px, score) finds
+        scoring at least ``candidate_confidence`` in the image or, mirrored back, in its mirror
+        image. finds: the detector's raw finds per view when already run."""
+        if finds is None:
+            finds = self._face_detector([image[:, ::-1] if flip else image for image, flip in views])
         out = []
-        for flip in flips:
-            view = np.ascontiguousarray(image[:, ::-1] if flip else image)
-            with quiet_native_logs():
-                result = self._scorer.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=view))
-            for d in result.detections:
-                if d.categories[0].score < self.candidate_confidence:
-                    continue
-                b = d.bounding_box
-                x0, x1 = b.origin_x, b.origin_x + b.width
-                if flip:
-                    x0, x1 = w - 1 - x1, w - 1 - x0
-                out.append((np.array([x0, b.origin_y, x1, b.origin_y + b.height], float), d.categories[0].score))
+        for (image, flip), view_finds in zip(views, finds):
+            w = image.shape[1]
+            out.append([(np.array([w - 1 - b[2], b[1], w - 1 - b[0], b[3]]) if flip else b, score)
+                        for b, score in view_finds if score >= self.candidate_confidence])
         return out
 
     def boxes(self, image: np.ndarray, known: list[np.ndarray] = (), tile_finds: dict | None = None,
@@ -371,22 +399,26 @@ class MediaPipeDetector:
         """Faces the face detector finds where the landmarker gives up, as landmark-free
         detections, one per face. Candidates (not the same face as a ``known`` box; the best of
         overlapping ones) are looked at again in a re-centred crop and its mirror image
-        (:meth:`look`), which also frames them; kept when that look scores ``box_confidence``
+        (:meth:`looks`), which also frames them; kept when that look scores ``box_confidence``
         (a whole-image candidate) or ``TILE_BOX_LOOK`` (a tile's, in "thorough" mode, which must
         also score ``TILE_BOX_CONFIDENCE`` itself: tiles of texture fool the detector). Box
         mapped onto the landmark extent (BOX_TO_LANDMARK_EXTENT), score the look's. tile_finds:
         the un-mirrored detector finds per tile when :meth:`_tiles` already has them; whole_finds:
-        :meth:`_detector_boxes` of the whole image when already run."""
+        the whole image's and its mirror image's (:meth:`_detector_boxes`) when already run."""
         h, w = image.shape[:2]
-        whole_finds = self._detector_boxes(image) if whole_finds is None else whole_finds
+        if whole_finds is None:
+            whole_finds = sum(self._detector_boxes([(image, False), (image, True)]), [])
         raw = [(b, sc, self.box_confidence) for b, sc in whole_finds]
         if self.search == "thorough":
-            for x, y, side in self._tile_grid(h, w, known):
-                tile = image[y:y + side, x:x + side]
-                finds = (tile_finds or {}).get((x, y, side))
-                finds = self._detector_boxes(tile, (False,)) if finds is None else finds
+            tiles = [(x, y, side) for x, y, side in self._tile_grid(h, w, known)]
+            views = [(image[y:y + side, x:x + side], flip) for x, y, side in tiles for flip in (False, True)
+                     if flip or (tile_finds or {}).get((x, y, side)) is None]
+            finds = iter(self._detector_boxes(views))
+            for x, y, side in tiles:
+                plain = (tile_finds or {}).get((x, y, side))
+                plain = next(finds) if plain is None else plain
                 raw += [(b + (x, y, x, y), sc, self.TILE_BOX_LOOK)
-                        for b, sc in finds + self._detector_boxes(tile, (True,)) if sc >= self.TILE_BOX_CONFIDENCE]
+                        for b, sc in plain + next(finds) if sc >= self.TILE_BOX_CONFIDENCE]
         candidates = []  # [box, the look it needs]: the best-scored of a face's, the mildest need
         for box, sc, need in sorted(raw, key=lambda r: -r[1]):
             if any(same_face(box, k) for k in known):
@@ -396,41 +428,37 @@ class MediaPipeDetector:
                 candidates.append([box, need])
             else:
                 twin[1] = min(twin[1], need)
-        found = []
-        for box, need in candidates:
-            framed, score = self.look(image, box, mirrored=True)
-            if score >= need:
-                found.append(Detection(remap_box(framed, BOX_TO_LANDMARK_EXTENT), None, score=score))
+        looks = self.looks(image, [box for box, _ in candidates], mirrored=True)
+        found = [Detection(remap_box(framed, BOX_TO_LANDMARK_EXTENT), None, score=score)
+                 for (_, need), (framed, score) in zip(candidates, looks) if score >= need]
         return suppress_duplicates(found)
 
     def score(self, image: np.ndarray, box: np.ndarray) -> float:
         """Face-detector confidence on a square crop 2.5 face sizes wide centred on ``box``:
         the best detection covering the crop's centre, 0 if none."""
-        return self.look(image, box)[1]
+        return self.looks(image, [box])[0][1]
 
-    def look(self, image: np.ndarray, box: np.ndarray, mirrored: bool = False) -> tuple[np.ndarray, float]:
-        """The face detector on a square crop 2.5 face sizes wide centred on ``box`` (and its
-        mirror image when ``mirrored``): (detector box (4,) image px, score) of the best
+    def looks(self, image: np.ndarray, boxes: list[np.ndarray], mirrored: bool = False) -> list[tuple[np.ndarray, float]]:
+        """Per box: the face detector on a square crop 2.5 face sizes wide centred on it (and on
+        its mirror image when ``mirrored``): (detector box (4,) image px, score) of the best
         detection covering the crop's centre; (box, 0) if none."""
-        import mediapipe as mp
-
         from densemesh.crop import crop_square, square_box
 
-        crop = crop_square(image, square_box(box, 2.5), self.SCORE_CROP)
+        crops = [crop_square(image, square_box(box, 2.5), self.SCORE_CROP) for box in boxes]
+        flips = (False, True) if mirrored else (False,)
+        finds = iter(self._face_detector([c.image[:, ::-1] if flip else c.image for c in crops for flip in flips]))
         mid, side = self.SCORE_CROP / 2, self.SCORE_CROP
-        best = (np.asarray(box, float), 0.0)
-        for flip in (False, True) if mirrored else (False,):
-            view = np.ascontiguousarray(crop.image[:, ::-1] if flip else crop.image)
-            with quiet_native_logs():
-                result = self._scorer.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=view))
-            for d in result.detections:
-                b = d.bounding_box
-                x0, x1 = (side - 1 - b.origin_x - b.width, side - 1 - b.origin_x) if flip else \
-                    (b.origin_x, b.origin_x + b.width)
-                if x0 <= mid <= x1 and b.origin_y <= mid <= b.origin_y + b.height and d.categories[0].score > best[1]:
-                    corners = crop.to_image(np.array([[x0, b.origin_y], [x1, b.origin_y + b.height]], float))
-                    best = (corners.reshape(4), float(d.categories[0].score))
-        return best
+        out = []
+        for crop, box in zip(crops, boxes):
+            best = (np.asarray(box, float), 0.0)
+            for flip in flips:
+                for b, score in next(finds):
+                    x0, x1 = (side - 1 - b[2], side - 1 - b[0]) if flip else (b[0], b[2])
+                    if x0 <= mid <= x1 and b[1] <= mid <= b[3] and score > best[1]:
+                        corners = crop.to_image(np.array([[x0, b[1]], [x1, b[3]]], float))
+                        best = (corners.reshape(4), float(score))
+            out.append(best)
+        return out
 
     def _tile_grid(self, h: int, w: int, known: list[np.ndarray] = ()) -> list[tuple[int, int, int]]:
         """(x, y, side) of overlapping square tiles of 1/2 and 1/4 of the shorter side (stride
@@ -455,11 +483,12 @@ class MediaPipeDetector:
         face near its own threshold (TILE_LANDMARKER_GATE) that is not a ``known`` one: most
         tiles hold none."""
         h, w = image.shape[:2]
-        found, finds = [], {}
+        found = []
         gate = self.TILE_LANDMARKER_GATE * self.min_confidence
-        for x, y, side in self._tile_grid(h, w, known):
+        grid = self._tile_grid(h, w, known)
+        finds = dict(zip(grid, self._detector_boxes([(image[y:y + side, x:x + side], False) for x, y, side in grid])))
+        for x, y, side in grid:
             tile = image[y:y + side, x:x + side]
-            finds[x, y, side] = self._detector_boxes(tile, (False,))
             if all(sc < gate or any(same_face(b + (x, y, x, y), k) for k in known) for b, sc in finds[x, y, side]):
                 continue
             margin = 0.01 * side
@@ -558,7 +587,7 @@ class VideoFaceFinder:
             det.box = np.concatenate([crop.to_image(det.box[:2]), crop.to_image(det.box[2:])])
             det.score = roi.score
             return det
-        framed, score = self.photo.look(image, roi.box, mirrored=True)
+        framed, score = self.photo.looks(image, [roi.box], mirrored=True)[0]
         if score < self.photo.box_confidence:
             return None
         return Detection(remap_box(framed, BOX_TO_LANDMARK_EXTENT), None, score=score)

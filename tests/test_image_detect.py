@@ -121,3 +121,21 @@ def test_overlapping_quiet_blocks_give_stderr_back():
     after = os.fstat(2)
     assert inside_b and inside_b[0] != before.st_ino  # still silenced while B runs
     assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
+
+
+def test_the_helper_thread_changes_no_detection(shared):
+    """The face-detector runs shared with the helper thread (its own detector) give exactly what
+    one thread gives: boxes, scores and landmarks, for the thorough search with profile boxes."""
+    from densemesh.detect import MediaPipeDetector
+
+    images = [data.astronaut(), load_image(shared / "faces" / "misc" / "multi_face.jpg"),
+              load_image(shared / "faces" / "annotated" / "einstein.jpg")]
+    with MediaPipeDetector(boxes_without_landmarks=True, side_view=None) as det:
+        shared_runs = [det.detect(im) for im in images]
+        det._helper = None  # every run on this thread
+        alone = [det.detect(im) for im in images]
+    assert [len(f) for f in shared_runs] == [len(f) for f in alone] and sum(map(len, alone)) >= 7
+    for a, b in zip(sum(shared_runs, []), sum(alone, [])):
+        assert np.array_equal(a.box, b.box) and a.score == b.score
+        assert (a.landmarks is None) == (b.landmarks is None)
+        assert a.landmarks is None or np.array_equal(a.landmarks, b.landmarks)
