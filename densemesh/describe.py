@@ -28,14 +28,16 @@ def describe(model: FaceModel, images: list[np.ndarray], detections: list[Detect
     CPU's visibility rays in a child process (a video's)."""
     vertices = model.decode(state.identity, state.expression)
     cam = camera.model_to_camera(vertices, state.rotation, state.translation)
+    if caster is not None:  # the child casts the visibility rays while this thread goes on
+        caster.prefetch(cam.cpu().numpy())
     uv = camera.project(cam, state.focal, state.principal)
     facing = vertex_facing(cam, model.faces)
-    visible = visibility(model, cam, uv, state, images[0].shape[:2], facing, caster)
     ids68 = model.contour_landmarks(cam, uv, facing)
     rows = torch.arange(len(detections), device=cam.device)[:, None]
     fitted = state.fitted.tolist() if state.fitted is not None else [True] * len(detections)
     error = fit_error(model, uv, detections, fitted)
     euler = camera.matrix_to_euler(state.rotation)
+    visible = visibility(model, cam, uv, state, images[0].shape[:2], facing, caster)
     results = []
     for i, det in enumerate(detections):
         pose = Pose(*(float(a) for a in euler[i]), state.rotation[i].cpu().numpy(),

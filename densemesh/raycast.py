@@ -46,6 +46,7 @@ class RayCaster:
     def __init__(self, faces: np.ndarray):
         self.faces = np.ascontiguousarray(faces, np.int32)
         self._child = None
+        self._sent: np.ndarray | None = None  # prefetched vertices whose answer is not read yet
         if not Path(sys.executable).name.lower().startswith("python"):  # embedded (e.g. Blender): cast here
             return
         package_root = str(Path(__file__).resolve().parents[1])
@@ -58,20 +59,50 @@ class RayCaster:
         except OSError:
             self.close()
 
+    def prefetch(self, vertices: np.ndarray) -> None:
+        """Send (B, N, 3) camera cm to the child now, so that it casts while the caller works;
+        :meth:`unoccluded` with the same vertices then only reads the answer."""
+        v = np.ascontiguousarray(vertices, np.float32)
+        if self._child is None:
+            return
+        self._collect()  # an earlier prefetch nobody asked for
+        if self._send(v):
+            self._sent = v
+
     def unoccluded(self, vertices: np.ndarray) -> np.ndarray:
         """(B, N, 3) camera cm -> (B, N) bool, as :func:`unoccluded`."""
         v = np.ascontiguousarray(vertices, np.float32)
+        answer = self._collect() if self._sent is not None and np.array_equal(self._sent, v) else None
+        if answer is None:
+            self._collect()
+            answer = self._receive(v.shape[:2]) if self._send(v) else None
+        return answer if answer is not None else unoccluded(v, self.faces)
+
+    def _collect(self) -> np.ndarray | None:
+        """The answer to the prefetched vertices (None if none were sent or the child died)."""
+        sent, self._sent = self._sent, None
+        return None if sent is None else self._receive(sent.shape[:2])
+
+    def _send(self, v: np.ndarray) -> bool:
         if self._child is not None:
             try:
                 self._child.stdin.write(struct.pack("<ii", *v.shape[:2]) + v.tobytes())
                 self._child.stdin.flush()
-                answer = self._child.stdout.read(v.shape[0] * v.shape[1])
-                if len(answer) == v.shape[0] * v.shape[1]:
-                    return np.frombuffer(answer, np.bool_).reshape(v.shape[:2]).copy()
+                return True
+            except OSError:
+                self.close()  # the child died: this process casts from now on
+        return False
+
+    def _receive(self, shape: tuple[int, int]) -> np.ndarray | None:
+        if self._child is not None:
+            try:
+                answer = self._child.stdout.read(shape[0] * shape[1])
+                if len(answer) == shape[0] * shape[1]:
+                    return np.frombuffer(answer, np.bool_).reshape(shape).copy()
             except OSError:
                 pass
-            self.close()  # the child died: this process casts from now on
-        return unoccluded(v, self.faces)
+            self.close()
+        return None
 
     def close(self) -> None:
         child, self._child = self._child, None

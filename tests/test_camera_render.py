@@ -144,6 +144,35 @@ def test_the_ray_caster_child_answers_as_this_process_does_and_a_dead_one_is_rep
     assert child.poll() is not None  # closed with its caster
 
 
+def test_prefetched_rays_answer_the_vertices_they_were_sent_for(face_model, posed):
+    """describe() sends a face's vertices to the ray-casting child before it computes the rest; the
+    answer must belong to the vertices asked about, also when other vertices are asked first, or
+    the child dies in between."""
+    from densemesh import raycast
+    from densemesh.raycast import RayCaster
+
+    faces = face_model.faces.numpy()
+    a = posed[0].numpy()
+    centre = a.mean(1, keepdims=True)  # the head turned round its centre: other vertices hidden
+    b = (a - centre) @ camera.euler_to_matrix(torch.tensor([[40.0, 0.0, 0.0]]))[0].numpy().T + centre
+    want_a, want_b = raycast.unoccluded(a, faces), raycast.unoccluded(b, faces)
+    assert (want_a != want_b).sum() > 100
+    with RayCaster(faces) as caster:
+        caster.prefetch(a)
+        np.testing.assert_array_equal(caster.unoccluded(a), want_a)
+        caster.prefetch(a)
+        np.testing.assert_array_equal(caster.unoccluded(b), want_b)  # a's answer is read and dropped
+        caster.prefetch(b)
+        caster.prefetch(a)  # b's answer is never asked for
+        np.testing.assert_array_equal(caster.unoccluded(a), want_a)
+        np.testing.assert_array_equal(caster.unoccluded(b), want_b)
+        caster.prefetch(b)
+        caster._child.kill()
+        caster._child.wait()
+        np.testing.assert_array_equal(caster.unoccluded(b), want_b)
+        assert caster._child is None
+
+
 def test_an_embedded_interpreter_casts_the_rays_in_its_own_process(face_model, posed, monkeypatch):
     """Inside e.g. Blender, sys.executable is not a Python that runs ``-m densemesh.raycast``."""
     from densemesh.raycast import RayCaster
