@@ -80,27 +80,25 @@ def write_obj(path: str | Path, vertices: np.ndarray, faces: np.ndarray,
             f.write(f"newmtl face\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nillum 1\nmap_Kd {texture_name}\n")
         written += [write_png(path.parent / texture_name, texture), mtl]
         lines += [f"mtllib {mtl.name}", "usemtl face"]
-    buf = io.StringIO()
-    buf.write("\n".join(lines) + "\n")
-    _obj_vertices(buf, vertices, colors)
-    buf.write(_obj_topology(faces, uvs, face_uvs))
-    with atomic_write(path, "w") as f:
-        f.write(buf.getvalue())
+    with atomic_write(path) as f:
+        f.write(("\n".join(lines) + "\n").encode())
+        f.write(_obj_vertices(vertices, colors))
+        f.write(_obj_topology(faces, uvs, face_uvs))
     return [path] + written
 
 
-def _obj_vertices(buf, vertices: np.ndarray, colors: np.ndarray | None = None) -> None:
-    """``v x y z [r g b]`` lines (positions %.6f, colours %.4f in [0, 1])."""
+def _obj_vertices(vertices: np.ndarray, colors: np.ndarray | None = None) -> bytes:
+    """``v x y z [r g b]`` lines (positions %.6f, colours %.4f in [0, 1]), ASCII."""
     rows = np.asarray(vertices, np.float64)
     decimals = (6, 6, 6)
     if colors is not None:
         rows = np.hstack([rows, _colors_uint8(colors)[:, :3] / 255.0])
         decimals += (4, 4, 4)
-    buf.write(fixed_point_lines("v", rows, decimals))
+    return fixed_point_lines("v", rows, decimals)
 
 
-def fixed_point_lines(prefix: str, rows: np.ndarray, decimals: tuple[int, ...]) -> str:
-    """One line per row of ``rows`` (N, C): ``prefix``, then each value as ``" %.{d}f"`` with
+def fixed_point_lines(prefix: str, rows: np.ndarray, decimals: tuple[int, ...]) -> bytes:
+    """One ASCII line per row of ``rows`` (N, C): ``prefix``, then each value as ``" %.{d}f"`` with
     ``decimals[c]`` digits, then a newline - what %-formatting writes (the last digit may differ
     where a value lies within 1e-16 of a rounding tie), built by array operations: a video
     writes 8k vertex lines a frame, and %-formatting them held Python's lock for 12 ms."""
@@ -108,7 +106,7 @@ def fixed_point_lines(prefix: str, rows: np.ndarray, decimals: tuple[int, ...]) 
     n, d = len(rows), max(decimals)
     if not np.isfinite(rows).all() or np.abs(rows).max(initial=0) >= 1e9:
         line = prefix + "".join(f" %.{k}f" for k in decimals) + "\n"
-        return "".join(line % tuple(r) for r in rows)
+        return "".join(line % tuple(r) for r in rows).encode()
     short = d - np.asarray(decimals)  # a column with fewer decimals: trailing zero digits, left out
     fixed = np.round(np.abs(rows) * 10.0 ** (d - short)) * 10.0 ** short  # (N, C) whole numbers < 1e15
     width = max(1, len(str(int(fixed.max(initial=0) // 10 ** d))))  # digits before the point
@@ -125,12 +123,12 @@ def fixed_point_lines(prefix: str, rows: np.ndarray, decimals: tuple[int, ...]) 
     text = np.concatenate([np.frombuffer(prefix.encode(), np.uint8)[None].repeat(n, 0), field.reshape(n, -1),
                            np.full((n, 1), ord("\n"), np.uint8)], 1)
     mask = np.concatenate([np.ones((n, len(prefix)), bool), keep.reshape(n, -1), np.ones((n, 1), bool)], 1)
-    return text[mask].tobytes().decode()
+    return text[mask].tobytes()
 
 
-def _obj_topology(faces: np.ndarray, uvs: np.ndarray | None, face_uvs: np.ndarray | None) -> str:
-    """The ``vt`` and ``f`` lines of an OBJ (the same for every frame of a sequence)."""
-    buf = io.StringIO()
+def _obj_topology(faces: np.ndarray, uvs: np.ndarray | None, face_uvs: np.ndarray | None) -> bytes:
+    """The ``vt`` and ``f`` lines of an OBJ (the same for every frame of a sequence), ASCII."""
+    buf = io.BytesIO()
     faces = np.asarray(faces, np.int64)
     if uvs is not None:
         np.savetxt(buf, np.asarray(uvs, np.float64), fmt="vt %.6f %.6f")
@@ -489,12 +487,10 @@ class TrackWriter:
         """Append one frame's :class:`densemesh.result.FaceResult`."""
         verts = result.vertices if self.space == "model" else result.vertices_camera
         if self.mesh_format == "obj":
-            buf = io.StringIO()
-            buf.write("# densemesh OBJ; units: centimetres\n")
-            _obj_vertices(buf, verts)
-            buf.write(self._topology)
-            with atomic_write(self.folder / "frames" / f"{frame_index:06d}.obj", "w") as f:
-                f.write(buf.getvalue())
+            with atomic_write(self.folder / "frames" / f"{frame_index:06d}.obj") as f:
+                f.write(b"# densemesh OBJ; units: centimetres\n")
+                f.write(_obj_vertices(verts))
+                f.write(self._topology)
         elif self.mesh_format == "ply":
             write_ply(self.folder / "frames" / f"{frame_index:06d}.ply", verts, self.model.faces.cpu().numpy())
         self.vertices.append(verts)

@@ -21,15 +21,15 @@ def test_fixed_point_lines_match_percent_formatting():
     rng = np.random.default_rng(1)
     rows = np.concatenate([rng.standard_normal((500, 3)) * s for s in (1e-7, 1e-3, 1.0, 30.0, 4e4)])
     rows[:4] = [[0.0, -0.0, -1e-9], [0.5, -0.5, 999.999999], [1e-6, -1e-6, 12.0], [100.0, -10.0, 7.25]]
-    lines = export.fixed_point_lines("v", rows, (6, 6, 6)).splitlines()
+    lines = export.fixed_point_lines("v", rows, (6, 6, 6)).decode().splitlines()
     expected = ["v %.6f %.6f %.6f" % tuple(r) for r in rows]
     differ = [(a, b) for a, b in zip(lines, expected) if a != b]
     assert len(lines) == len(rows) and not differ, differ[:3]
     mixed = np.hstack([rows[:50], rng.random((50, 3))])
-    assert export.fixed_point_lines("v", mixed, (6, 6, 6, 4, 4, 4)) == \
+    assert export.fixed_point_lines("v", mixed, (6, 6, 6, 4, 4, 4)).decode() == \
         "".join("v %.6f %.6f %.6f %.4f %.4f %.4f\n" % tuple(r) for r in mixed)
     odd = np.array([[np.nan, 1.0], [np.inf, 2e9]])  # not finite or huge: %-formatted
-    assert export.fixed_point_lines("x", odd, (2, 1)) == "x nan 1.0\nx inf 2000000000.0\n"
+    assert export.fixed_point_lines("x", odd, (2, 1)) == b"x nan 1.0\nx inf 2000000000.0\n"
 
 
 def test_obj_round_trip(tmp_path, face_model, smile):
