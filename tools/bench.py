@@ -165,11 +165,13 @@ def bench_memory() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for loops in (1, 4):
             clip = resized_clip(Path(tmp), 480, loops)
-            code = ("import resource, sys; from densemesh.pipeline import Reconstructor; "
+            # VmHWM: this process's own peak (ru_maxrss would also count the parent's pages the
+            # child held between fork and exec, gigabytes once the other benches have run)
+            code = ("import re; from densemesh.pipeline import Reconstructor; "
                     "from densemesh.video import VideoOptions, VideoReconstructor; "
                     "rec = Reconstructor(device='cpu', refine='none'); "
                     f"s = VideoReconstructor(rec, VideoOptions(mesh_format=None)).run(r'{clip}', r'{tmp}/m{loops}'); "
-                    "print(s['frames_processed'], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+                    "print(s['frames_processed'], re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read())[1])")
             frames, rss = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                          check=True).stdout.split()[-2:]
             print(f"  {frames:>5s} frames: peak RSS {int(rss) / 1024:.0f} MiB")
