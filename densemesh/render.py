@@ -4,6 +4,7 @@ UV texture baking and overlays. Meshes come in camera space (cm) with a pinhole 
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -193,6 +194,18 @@ def interpolate(pix_to_face: torch.Tensor, bary: torch.Tensor, faces: torch.Tens
     return out * (pix_to_face >= 0)[..., None]
 
 
+@functools.lru_cache(maxsize=4)
+def _uv_layout(uvs: torch.Tensor, face_uvs: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The UV layout rasterised as a flat mesh (x = u, y = 1 - v, looking down +Z at depth 1):
+    (size, size) triangle per texel (-1: none) and (size, size, 3) barycentrics. Fixed per
+    topology, so cached per layout tensor (70 ms a face on 2 CPU cores otherwise)."""
+    f = torch.tensor([float(size)])
+    uv_xy = torch.stack([uvs[:, 0] * size - 0.5, (1 - uvs[:, 1]) * size - 0.5], -1)
+    flat = torch.cat([(uv_xy - (size - 1) / 2) / size, torch.ones(len(uvs), 1)], 1)[None]
+    raster = rasterize(flat, face_uvs, f, torch.tensor([[(size - 1) / 2, (size - 1) / 2]]), (size, size))
+    return raster.pix_to_face[0], raster.bary[0]
+
+
 def bake_texture(image: np.ndarray, vertices_2d: torch.Tensor, visible: torch.Tensor, faces: torch.Tensor,
                  uvs: torch.Tensor, face_uvs: torch.Tensor, size: int = 512) -> np.ndarray:
     """Photo -> UV texture (size, size, 3) uint8 for one face.
@@ -202,15 +215,9 @@ def bake_texture(image: np.ndarray, vertices_2d: torch.Tensor, visible: torch.Te
     """
     import cv2
 
-    # rasterise the UV layout as a flat mesh: x = u, y = 1 - v, looking down +Z at depth 1
-    f = torch.tensor([float(size)])
-    uv_xy = torch.stack([uvs[:, 0] * size - 0.5, (1 - uvs[:, 1]) * size - 0.5], -1)
-    flat = torch.cat([(uv_xy - (size - 1) / 2) / size, torch.ones(len(uvs), 1)], 1)[None]
-    raster = rasterize(flat, face_uvs, f, torch.tensor([[(size - 1) / 2, (size - 1) / 2]]), (size, size))
-    pix = raster.pix_to_face[0]
+    pix, bary = _uv_layout(uvs, face_uvs, size)
     covered = pix >= 0
     tri = faces[pix.clamp(min=0)]  # (S, S, 3) mesh vertex ids of the texel's triangle
-    bary = raster.bary[0]
     where = (bary[..., None] * vertices_2d[tri]).sum(-2).numpy().astype(np.float32)
     texture = cv2.remap(image, where[..., 0], where[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     seen = (covered & visible[tri].all(-1)).numpy()
