@@ -247,18 +247,30 @@ def overlay(image: np.ndarray, vertices: torch.Tensor, faces: torch.Tensor, foca
     # same camera in the resized image: crop-style rescale of focal and principal point
     f2 = focal * scale
     c2 = (principal + 0.5) * torch.tensor([sx, sy]).to(principal) - 0.5
-    raster = rasterize(vertices, faces, f2, c2, size)
     normals = vertex_normals(vertices, faces)
     to_light = torch.tensor([-0.3, -0.5, -1.0]).to(vertices)  # towards the camera, up and to the left
     to_light = to_light / to_light.norm()
     lambert = (normals @ to_light).clamp(min=0)[..., None] * 0.75 + 0.25  # (B, N, 1)
     color = torch.tensor([0.85, 0.8, 0.75]).to(vertices) * lambert
-    pixels = interpolate(raster.pix_to_face, raster.bary, faces, color)  # (B, H, W, 3)
-    # nearest face per pixel across the B meshes
-    front = raster.depth.argmin(0)
-    covered = torch.isfinite(raster.depth.min(0).values)
-    shaded = pixels.gather(0, front[None, ..., None].expand(1, -1, -1, 3))[0]
+    # each face rendered in the box of its projected vertices (its triangles cannot leave it),
+    # the nearest face kept per pixel
+    depth = torch.full(size, float("inf"))
+    shaded = torch.zeros(*size, 3)
+    uv = camera.project(vertices, f2, c2)
+    for i in range(len(vertices)):
+        lo = (uv[i].min(0).values.floor() - 1).clamp(min=0).long().tolist()
+        hi = (uv[i].max(0).values.ceil() + 2).long().tolist()
+        x1, y1 = min(hi[0], size[1]), min(hi[1], size[0])
+        if x1 <= lo[0] or y1 <= lo[1]:
+            continue
+        window = (slice(lo[1], y1), slice(lo[0], x1))
+        raster = rasterize(vertices[i:i + 1], faces, f2[i:i + 1], c2[i:i + 1] - torch.tensor(lo).to(c2),
+                           (y1 - lo[1], x1 - lo[0]))
+        near = raster.depth[0].cpu() < depth[window]
+        depth[window] = torch.where(near, raster.depth[0].cpu(), depth[window])
+        pixels = interpolate(raster.pix_to_face, raster.bary, faces, color[i:i + 1])[0].cpu()
+        shaded[window] = torch.where(near[..., None], pixels, shaded[window])
     out = base.astype(np.float32) / 255.0
-    mask = covered.numpy()
+    mask = torch.isfinite(depth).numpy()
     out[mask] = (1 - alpha) * out[mask] + alpha * shaded.numpy()[mask]
     return (out * 255).round().clip(0, 255).astype(np.uint8)
