@@ -11,6 +11,8 @@ import math
 import os
 import sys
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -398,7 +400,13 @@ def _reconstruct_folder(args, images: list[Path]) -> int:
             model, no_overlay = FaceModel.load(), args.no_overlay
             done = map_on_ray(args.ray, lambda: _reconstructor(args, texture),
                               lambda rec, p: _reconstruct_one(rec, p, no_overlay), images)
-        report = {}
+        # a thread writes an image's files while the next one is reconstructed (two images wait at most)
+        writer = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="densemesh-write"))
+        report, writing = {}, deque()
+
+        def written(path: Path, job: Future) -> None:
+            report[path] = {"input": str(path), "folder": path.stem, "faces": len(job.result()["faces"])}
+
         for path, outcome in done:
             bar.update(1)
             if isinstance(outcome, Exception):
@@ -407,8 +415,11 @@ def _reconstruct_folder(args, images: list[Path]) -> int:
                 tqdm.write(f"densemesh: skipped: {outcome['error']}", file=sys.stderr)
                 report[path] = {"input": str(path), "error": outcome["error"]}
                 continue
-            summary = _write_image(path, outcome, args.out / path.stem, model, args)
-            report[path] = {"input": str(path), "folder": path.stem, "faces": len(summary["faces"])}
+            writing.append((path, writer.submit(_write_image, path, outcome, args.out / path.stem, model, args)))
+            while len(writing) > 2:
+                written(*writing.popleft())
+        while writing:
+            written(*writing.popleft())
     write_json(args.out / "summary.json", {"version": __version__, "images": [report[p] for p in images]})
     failed = sum("error" in r for r in report.values())
     found = sum(r.get("faces", 0) for r in report.values())
