@@ -25,7 +25,7 @@ def describe(model: FaceModel, images: list[np.ndarray], detections: list[Detect
              texture: bool = False, caster: RayCaster | None = None) -> list[FaceResult]:
     """One FaceResult per detection; images: the (H, W, 3) uint8 RGB image of each (one size).
     ``state.fitted`` (B,) bool says what decided each face (``FaceResult.source``); caster: the
-    CPU's visibility rays in a child process (a video's)."""
+    CPU's visibility rays in a child process (the reconstructor's)."""
     vertices = model.decode(state.identity, state.expression)
     cam = camera.model_to_camera(vertices, state.rotation, state.translation)
     if caster is not None:  # the child casts the visibility rays while this thread goes on

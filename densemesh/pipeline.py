@@ -14,6 +14,7 @@ from densemesh.detect import Detection, MediaPipeDetector, same_face
 from densemesh.facemodel import FaceModel
 from densemesh.fit import REFINE_LEVELS, FitConfig, FitState, LandmarkFitter
 from densemesh.image import load_image
+from densemesh.raycast import RayCaster
 from densemesh.regress import Regressor
 from densemesh.result import FaceResult
 
@@ -95,9 +96,13 @@ class Reconstructor:
             raise ValueError("fit=False needs the regressor, and its weights are missing")
         self.detector = detector or MediaPipeDetector(max_faces=max_faces, search=search,
                                                       boxes_without_landmarks=self.regressor is not None)
+        # on the CPU the visibility rays are cast in a child process, beside this one's work
+        self.caster = RayCaster(self.model.faces.cpu().numpy()) if self.device.type == "cpu" else None
 
     def close(self) -> None:
         self.detector.close()
+        if self.caster is not None:
+            self.caster.close()
 
     def __enter__(self):
         return self
@@ -161,15 +166,15 @@ class Reconstructor:
 
     def reconstruct_detections(self, images: list[np.ndarray], detections: list[Detection],
                                refine: str | None = None, identities: torch.Tensor | None = None,
-                               state: FitState | None = None, photo: bool = True, caster=None) -> list[FaceResult]:
+                               state: FitState | None = None, photo: bool = True) -> list[FaceResult]:
         """Fit, refine and describe detections; images: the (H, W, 3) uint8 RGB image of each.
         ``state`` skips the fit (e.g. parameters a video filter smoothed); photo: as for
-        :meth:`fit_detections`; caster: see :func:`densemesh.describe.describe`."""
+        :meth:`fit_detections`."""
         timings = {}
         if state is None:
             state, timings = self.fit_detections(images, detections, refine, identities, photo=photo)
         t0 = time.perf_counter()
-        results = describe(self.model, images, detections, state, self.texture, caster)
+        results = describe(self.model, images, detections, state, self.texture, self.caster)
         timings["describe_s"] = time.perf_counter() - t0
         for r in results:
             r.timings.update(timings)

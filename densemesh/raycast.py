@@ -14,6 +14,7 @@ import os
 import struct
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,7 @@ class RayCaster:
         try:
             self._child = subprocess.Popen([sys.executable, "-m", "densemesh.raycast"], stdin=subprocess.PIPE,
                                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+            weakref.finalize(self, lambda child: child.stdout.closed or _stop(child), self._child)  # if never closed
             self._child.stdin.write(struct.pack("<i", len(self.faces)) + self.faces.tobytes())
             self._child.stdin.flush()
         except OSError:
@@ -107,18 +109,24 @@ class RayCaster:
     def close(self) -> None:
         child, self._child = self._child, None
         if child is not None:
-            try:
-                child.stdin.close()
-                child.wait(timeout=5)
-            except (OSError, subprocess.TimeoutExpired):
-                child.kill()
-                child.wait()
+            _stop(child)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _stop(child: subprocess.Popen) -> None:
+    """Close the child's pipes (it ends at the end of its input) and wait for it."""
+    try:
+        child.stdin.close()
+        child.wait(timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        child.kill()
+        child.wait()
+    child.stdout.close()
 
 
 def _serve() -> None:
@@ -138,6 +146,7 @@ def _serve() -> None:
     try:
         (count,) = struct.unpack("<i", read(4))
         faces = np.frombuffer(read(12 * count), np.int32).reshape(count, 3)
+        import open3d  # noqa: F401 - loaded now, while the parent gets ready (0.6 s)
         while True:
             b, n = struct.unpack("<ii", read(8))
             vertices = np.frombuffer(read(12 * b * n), np.float32).reshape(b, n, 3)

@@ -11,7 +11,6 @@ latency; ``smooth=0`` turns it off). Frames are streamed: memory does not grow w
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -30,7 +29,6 @@ from densemesh.facemodel import vertex_normals
 from densemesh.fit import FitState
 from densemesh.image import IMAGE_SUFFIXES, load_image
 from densemesh.pipeline import torch_threads
-from densemesh.raycast import RayCaster
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
 
@@ -228,13 +226,10 @@ class VideoReconstructor:
         ``out/summary.json``). KeyboardInterrupt leaves every finished frame valid and a
         summary that says where the run stopped (``resume=True`` continues from there). An
         output thread describes fitted faces (visibility, colours) and writes the files,
-        overlapping with the next frames' fits; on the CPU the visibility rays are cast in a child
-        process (:class:`densemesh.raycast.RayCaster`)."""
-        with ThreadPoolExecutor(1, thread_name_prefix="densemesh-output") as self._output, \
-                contextlib.ExitStack() as stack:
+        overlapping with the next frames' fits; on the CPU the visibility rays are cast in the
+        reconstructor's child process (:class:`densemesh.raycast.RayCaster`)."""
+        with ThreadPoolExecutor(1, thread_name_prefix="densemesh-output") as self._output:
             self._queued: deque[Future] = deque()
-            self._caster = None if self.rec.device.type == "cuda" else \
-                stack.enter_context(RayCaster(self.rec.model.faces.cpu().numpy()))
             return self._run(path, out, resume, progress)
 
     def _run(self, path: str | Path, out: str | Path, resume: bool, progress) -> dict:
@@ -433,7 +428,7 @@ class VideoReconstructor:
     def _describe_and_write(self, frame: Frame, track: Track, det: Detection, state: FitState) -> None:
         """(output thread) One fitted face -> FaceResult -> the track's files and the overlay."""
         t0 = time.perf_counter()
-        result = self.rec.reconstruct_detections([frame.image], [det], state=state, caster=self._caster)[0]
+        result = self.rec.reconstruct_detections([frame.image], [det], state=state)[0]
         track.writer.write(frame.index, frame.time, result)
         if self.overlay is not None:
             self.overlay.draw(frame.index, [result])
