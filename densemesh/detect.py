@@ -130,6 +130,11 @@ def quiet_native_logs():
                 os.close(_quiet["saved"])
 
 
+def _seen(image: np.ndarray, mirrored: bool) -> np.ndarray:
+    """``image`` or, when ``mirrored``, its mirror image (a view, no copy)."""
+    return image[:, ::-1] if mirrored else image
+
+
 def _run_face_detector(detector, views: list[np.ndarray]) -> list[list[tuple[np.ndarray, float]]]:
     """A MediaPipe FaceDetector task on each of ``views`` (uint8 RGB) -> per view its finds
     (box x0, y0, x1, y1 view px, score). One thread per task at a time."""
@@ -339,7 +344,7 @@ class MediaPipeDetector:
     def detect(self, image: np.ndarray, timestamp_ms: int | None = None) -> list[Detection]:
         """(H, W, 3) uint8 RGB -> detections, largest face first. ``timestamp_ms`` in video mode."""
         whole = [(image, False), (image, True)]
-        early = self._helper.submit(_run_face_detector, self._helper_scorer, [image, image[:, ::-1]]) \
+        early = self._helper.submit(_run_face_detector, self._helper_scorer, [_seen(*v) for v in whole]) \
             if self._helper is not None and self.boxes_without_landmarks else None
         found = self._run(image, timestamp_ms)
         if self.mode == "video":  # a video scores the faces that start tracks (see score())
@@ -386,7 +391,7 @@ class MediaPipeDetector:
         scoring at least ``candidate_confidence`` in the image or, mirrored back, in its mirror
         image. finds: the detector's raw finds per view when already run."""
         if finds is None:
-            finds = self._face_detector([image[:, ::-1] if flip else image for image, flip in views])
+            finds = self._face_detector([_seen(*v) for v in views])
         out = []
         for (image, flip), view_finds in zip(views, finds):
             w = image.shape[1]
@@ -410,13 +415,12 @@ class MediaPipeDetector:
             whole_finds = sum(self._detector_boxes([(image, False), (image, True)]), [])
         raw = [(b, sc, self.box_confidence) for b, sc in whole_finds]
         if self.search == "thorough":
-            tiles = [(x, y, side) for x, y, side in self._tile_grid(h, w, known)]
+            tiles, tile_finds = self._tile_grid(h, w, known), tile_finds or {}
             views = [(image[y:y + side, x:x + side], flip) for x, y, side in tiles for flip in (False, True)
-                     if flip or (tile_finds or {}).get((x, y, side)) is None]
+                     if flip or (x, y, side) not in tile_finds]
             finds = iter(self._detector_boxes(views))
             for x, y, side in tiles:
-                plain = (tile_finds or {}).get((x, y, side))
-                plain = next(finds) if plain is None else plain
+                plain = tile_finds[x, y, side] if (x, y, side) in tile_finds else next(finds)
                 raw += [(b + (x, y, x, y), sc, self.TILE_BOX_LOOK)
                         for b, sc in plain + next(finds) if sc >= self.TILE_BOX_CONFIDENCE]
         candidates = []  # [box, the look it needs]: the best-scored of a face's, the mildest need
@@ -446,7 +450,7 @@ class MediaPipeDetector:
 
         crops = [crop_square(image, square_box(box, 2.5), self.SCORE_CROP) for box in boxes]
         flips = (False, True) if mirrored else (False,)
-        finds = iter(self._face_detector([c.image[:, ::-1] if flip else c.image for c in crops for flip in flips]))
+        finds = iter(self._face_detector([_seen(c.image, flip) for c in crops for flip in flips]))
         mid, side = self.SCORE_CROP / 2, self.SCORE_CROP
         out = []
         for crop, box in zip(crops, boxes):

@@ -48,6 +48,7 @@ class RayCaster:
         self.faces = np.ascontiguousarray(faces, np.int32)
         self._child = None
         self._sent: np.ndarray | None = None  # prefetched vertices whose answer is not read yet
+        self._faces_sent = False  # the faces go with the first request: nothing waits for the child at start
         if not Path(sys.executable).name.lower().startswith("python"):  # embedded (e.g. Blender): cast here
             return
         package_root = str(Path(__file__).resolve().parents[1])
@@ -56,17 +57,15 @@ class RayCaster:
             self._child = subprocess.Popen([sys.executable, "-m", "densemesh.raycast"], stdin=subprocess.PIPE,
                                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
             weakref.finalize(self, lambda child: child.stdout.closed or _stop(child), self._child)  # if never closed
-            self._child.stdin.write(struct.pack("<i", len(self.faces)) + self.faces.tobytes())
-            self._child.stdin.flush()
         except OSError:
             self.close()
 
     def prefetch(self, vertices: np.ndarray) -> None:
         """Send (B, N, 3) camera cm to the child now, so that it casts while the caller works;
         :meth:`unoccluded` with the same vertices then only reads the answer."""
-        v = np.ascontiguousarray(vertices, np.float32)
         if self._child is None:
             return
+        v = np.ascontiguousarray(vertices, np.float32)
         self._collect()  # an earlier prefetch nobody asked for
         if self._send(v):
             self._sent = v
@@ -74,9 +73,9 @@ class RayCaster:
     def unoccluded(self, vertices: np.ndarray) -> np.ndarray:
         """(B, N, 3) camera cm -> (B, N) bool, as :func:`unoccluded`."""
         v = np.ascontiguousarray(vertices, np.float32)
-        answer = self._collect() if self._sent is not None and np.array_equal(self._sent, v) else None
-        if answer is None:
-            self._collect()
+        prefetched = self._sent is not None and np.array_equal(self._sent, v)
+        answer = self._collect()  # the prefetched answer, or another one, read and dropped
+        if not prefetched:
             answer = self._receive(v.shape[:2]) if self._send(v) else None
         return answer if answer is not None else unoccluded(v, self.faces)
 
@@ -88,6 +87,9 @@ class RayCaster:
     def _send(self, v: np.ndarray) -> bool:
         if self._child is not None:
             try:
+                if not self._faces_sent:
+                    self._child.stdin.write(struct.pack("<i", len(self.faces)) + self.faces.tobytes())
+                    self._faces_sent = True
                 self._child.stdin.write(struct.pack("<ii", *v.shape[:2]) + v.tobytes())
                 self._child.stdin.flush()
                 return True
@@ -143,10 +145,11 @@ def _serve() -> None:
             raise EOFError
         return data
 
+    import open3d  # noqa: F401 - loaded at once, while the parent gets ready (0.6 s)
+
     try:
         (count,) = struct.unpack("<i", read(4))
         faces = np.frombuffer(read(12 * count), np.int32).reshape(count, 3)
-        import open3d  # noqa: F401 - loaded now, while the parent gets ready (0.6 s)
         while True:
             b, n = struct.unpack("<ii", read(8))
             vertices = np.frombuffer(read(12 * b * n), np.float32).reshape(b, n, 3)

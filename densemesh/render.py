@@ -266,8 +266,9 @@ def overlay(image: np.ndarray, vertices: torch.Tensor, faces: torch.Tensor, foca
         window = (slice(lo[1], y1), slice(lo[0], x1))
         raster = rasterize(vertices[i:i + 1], faces, f2[i:i + 1], c2[i:i + 1] - torch.tensor(lo).to(c2),
                            (y1 - lo[1], x1 - lo[0]))
-        near = raster.depth[0].cpu() < depth[window]
-        depth[window] = torch.where(near, raster.depth[0].cpu(), depth[window])
+        face_depth = raster.depth[0].cpu()
+        near = face_depth < depth[window]
+        depth[window] = torch.where(near, face_depth, depth[window])
         pixels = interpolate(raster.pix_to_face, raster.bary, faces, color[i:i + 1])[0].cpu()
         shaded[window] = torch.where(near[..., None], pixels, shaded[window])
     out = base.astype(np.float32) / 255.0
